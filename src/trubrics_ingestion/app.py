@@ -1,0 +1,130 @@
+"""The ASGI application: routing, and turning outcomes into responses.
+
+A publish request flows one way: key -> project (``auth``), body within limits
+(``body``), decode and validate (``schema``), then the sink (the journal) makes it
+durable, and only then the 200 goes out. This is a plain ASGI class rather than a
+framework route: it is the hot path, and it is small.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any, Protocol
+
+import msgspec
+from starlette.middleware.cors import CORSMiddleware
+
+from .auth import KeyCache
+from .body import ClientDisconnected, read_body
+from .errors import IngestionError, MethodNotAllowed, NotFound
+from .schema import Kind, decode_batch
+
+log = logging.getLogger("trubrics_ingestion.app")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+PREFIX = "/api/ingestion"  # the hosted service's path; both host styles work
+PUBLISH: dict[str, Kind] = {"/publish_events": "event", "/publish_llm_events": "llm"}
+EXPANSION: dict[Kind, int] = {"event": 1, "llm": 2}  # stored events per item
+_JSON = [(b"content-type", b"application/json")]
+_encode = msgspec.json.Encoder().encode
+
+
+class Sink(Protocol):
+    """Where accepted batches go; ``append`` returns once the batch is durable."""
+
+    async def append(self, project: str, source: str, body: bytes, received_at: int) -> None: ...
+
+    def ready(self) -> bool: ...
+
+
+class IngestionApp:
+    """Serves the two publish endpoints plus health, readiness and the OpenAPI document."""
+
+    def __init__(self, *, keys: KeyCache, sink: Sink, max_body_bytes: int, openapi: bytes) -> None:
+        self._keys = keys
+        self._sink = sink
+        self._max_body_bytes = max_body_bytes
+        self._gets: dict[str, Callable[[], tuple[int, bytes]]] = {
+            "/healthz": lambda: (200, b'{"status":"ok"}'),
+            "/readyz": self._readiness,
+            "/openapi.json": lambda: (200, openapi),
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            status, body = await self._route(scope, receive)
+        except ClientDisconnected:
+            return
+        except IngestionError as error:
+            await _respond(send, error.status, _encode({"detail": error.detail}), error.headers)
+            return
+        except Exception:  # a bug of ours: say so without leaking internals
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            await _respond(send, 500, b'{"detail":"Internal server error."}')
+            return
+        await _respond(send, status, body)
+
+    async def _route(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
+        path: str = scope["path"]
+        if path.startswith(PREFIX + "/"):
+            path = path[len(PREFIX) :]
+        method: str = scope["method"]
+        if path in PUBLISH:
+            if method != "POST":
+                raise MethodNotAllowed("POST")
+            return await self._publish(scope, receive, PUBLISH[path])
+        if path in self._gets:
+            if method not in ("GET", "HEAD"):
+                raise MethodNotAllowed("GET, HEAD")
+            return self._gets[path]()
+        raise NotFound()
+
+    async def _publish(self, scope: Scope, receive: Receive, kind: Kind) -> tuple[int, bytes]:
+        received_at = time.time_ns() // 1000
+        headers = dict(scope["headers"])
+        project = self._keys.project_for(_header(headers, b"x-api-key"))
+        body = await read_body(receive, headers, self._max_body_bytes)
+        items = decode_batch(body, kind)
+        if items:
+            await self._sink.append(project, kind, body, received_at)
+        stored = len(items) * EXPANSION[kind]
+        return 200, b'{"status":"success","events":%d}' % stored
+
+    def _readiness(self) -> tuple[int, bytes]:
+        if self._sink.ready():
+            return 200, b'{"status":"ready"}'
+        return 503, b'{"detail":"The journal writer is not running."}'
+
+
+def build_app(
+    *, keys: KeyCache, sink: Sink, max_body_bytes: int, openapi: bytes, cors_origins: Sequence[str]
+) -> CORSMiddleware:
+    """The ingestion app behind CORS, so browser clients can publish."""
+    app = IngestionApp(keys=keys, sink=sink, max_body_bytes=max_body_bytes, openapi=openapi)
+    return CORSMiddleware(
+        app,
+        allow_origins=cors_origins,
+        allow_methods=("GET", "POST", "OPTIONS"),
+        allow_headers=("content-type", "content-encoding", "x-api-key"),
+        max_age=3600,
+    )
+
+
+def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
+    value = headers.get(name)
+    return None if value is None else value.decode("latin-1")
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, extra: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [*_JSON, *extra]})
+    await send({"type": "http.response.body", "body": body})

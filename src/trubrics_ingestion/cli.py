@@ -1,0 +1,201 @@
+"""The ``trubrics-ingestion`` command: serve, keys, events.
+
+Every option that names a setting can also come from a ``TRUBRICS_*`` environment
+variable; commands that touch the store take ``--data-dir`` after their own name.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import msgspec
+
+from . import events, keys, store
+from .config import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_HOST,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_PORT,
+    Settings,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def data_dir_option(command: F) -> F:
+    return click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=DEFAULT_DATA_DIR,
+        envvar="TRUBRICS_DATA_DIR",
+        show_default=True,
+        show_envvar=True,
+        help="Where the SQLite store lives.",
+    )(command)
+
+
+def _open(data_dir: Path) -> sqlite3.Connection:
+    return store.connect(Settings(data_dir=data_dir).database_path)
+
+
+def _json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def _time(_: click.Context, __: click.Parameter, value: str | None) -> int | None:
+    try:
+        return None if value is None else events.parse_time(value)
+    except ValueError:
+        raise click.BadParameter(f"not an ISO-8601 time: {value!r}") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(package_name="trubrics-ingestion")
+def main() -> None:
+    """Self-hosted Trubrics ingestion: a write-only event API backed by a durable store."""
+
+
+@main.command()
+@click.option("--host", default=DEFAULT_HOST, envvar="TRUBRICS_HOST", show_envvar=True)
+@click.option(
+    "--port",
+    default=DEFAULT_PORT,
+    type=click.IntRange(0, 65535),
+    envvar="TRUBRICS_PORT",
+    show_envvar=True,
+)
+@data_dir_option
+@click.option(
+    "--max-body-bytes",
+    default=DEFAULT_MAX_BODY_BYTES,
+    type=click.IntRange(1024),
+    envvar="TRUBRICS_MAX_BODY_BYTES",
+    show_envvar=True,
+    help="Largest request body accepted, after decompression.",
+)
+@click.option(
+    "--cors-origins",
+    default="*",
+    envvar="TRUBRICS_CORS_ORIGINS",
+    show_envvar=True,
+    help="Comma-separated origins allowed to publish from a browser.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    envvar="TRUBRICS_LOG_LEVEL",
+    show_envvar=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def serve(
+    host: str, port: int, data_dir: Path, max_body_bytes: int, cors_origins: str, log_level: str
+) -> None:
+    """Serve the ingestion API."""
+    from .server import serve as run  # imports uvicorn only for this command
+
+    run(
+        Settings(
+            host=host,
+            port=port,
+            data_dir=data_dir,
+            max_body_bytes=max_body_bytes,
+            cors_origins=tuple(o.strip() for o in cors_origins.split(",") if o.strip()),
+            init_project=os.environ.get("TRUBRICS_INIT_PROJECT") or None,
+            init_api_key=os.environ.get("TRUBRICS_INIT_API_KEY") or None,
+            log_level=log_level,
+        )
+    )
+
+
+@main.group(name="keys")
+def keys_group() -> None:
+    """Create, list and revoke API keys."""
+
+
+@keys_group.command(name="create")
+@click.option("--project", required=True, help="Project the key writes to (created if new).")
+@click.option("--json", "as_json", is_flag=True, help="Print {project, key, id} as JSON.")
+@data_dir_option
+def keys_create(project: str, as_json: bool, data_dir: Path) -> None:
+    """Create a key; its secret is printed this once and never stored."""
+    new = keys.create_key(_open(data_dir), project)
+    if as_json:
+        click.echo(_json({"project": new.project, "key": new.key, "id": new.id}))
+    else:
+        click.echo(f"Created key {new.id} for project {new.project!r}. Keep it secret:\n{new.key}")
+
+
+@keys_group.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per key.")
+@data_dir_option
+def keys_list(as_json: bool, data_dir: Path) -> None:
+    """List keys (ids and hints, never secrets)."""
+    for key in keys.list_keys(_open(data_dir)):
+        state = "active" if key.revoked_at is None else "revoked"
+        if as_json:
+            click.echo(
+                _json({"id": key.id, "project": key.project, "hint": key.hint, "state": state})
+            )
+        else:
+            click.echo(f"{key.id}\t{key.project}\t{key.hint}\t{state}")
+
+
+@keys_group.command(name="revoke")
+@click.argument("key_id")
+@data_dir_option
+def keys_revoke(key_id: str, data_dir: Path) -> None:
+    """Revoke a key by id; servers stop accepting it within a second."""
+    if not keys.revoke_key(_open(data_dir), key_id):
+        raise click.ClickException(f"no active key with id {key_id!r}")
+    click.echo(f"Revoked {key_id}.")
+
+
+@main.group(name="events")
+def events_group() -> None:
+    """Read stored events."""
+
+
+@events_group.command(name="count")
+@click.option("--project", help="Only this project.")
+@data_dir_option
+def events_count(project: str | None, data_dir: Path) -> None:
+    """Print how many events are stored."""
+    click.echo(events.count(_open(data_dir), project))
+
+
+@events_group.command(name="export")
+@click.option("--project", help="Only this project.")
+@click.option(
+    "--since", callback=_time, help="Event time from (inclusive, ISO-8601, UTC if naive)."
+)
+@click.option("--until", callback=_time, help="Event time until (exclusive).")
+@click.option("--format", "fmt", type=click.Choice(["ndjson", "csv"]), default="ndjson")
+@data_dir_option
+def events_export(
+    project: str | None, since: int | None, until: int | None, fmt: str, data_dir: Path
+) -> None:
+    """Write events to standard output, oldest stored first."""
+    records = events.export(_open(data_dir), project=project, since=since, until=until)
+    if fmt == "csv":
+        for chunk in events.to_csv_lines(records):
+            click.echo(chunk, nl=False)
+    else:
+        for record in records:
+            click.echo(events.to_ndjson(record))
+
+
+@events_group.command(name="tail")
+@click.option("--project", help="Only this project.")
+@data_dir_option
+def events_tail(project: str | None, data_dir: Path) -> None:
+    """Follow new events as NDJSON until interrupted."""
+    try:
+        for record in events.tail(_open(data_dir), project=project):
+            click.echo(events.to_ndjson(record))
+    except KeyboardInterrupt:
+        pass

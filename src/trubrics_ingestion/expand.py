@@ -1,0 +1,122 @@
+"""Turn validated items into stored event rows, including the LLM expansion.
+
+The LLM rules match what the ``trubrics`` Python SDK did client-side before 1.8: each
+LLM event becomes a prompt event and a generation event. We additionally link the two
+(``$generation_id`` on the prompt, ``$prompt_id`` on the generation) and honour the
+top-level ``thread_id`` that SDK 1.8 sends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+import msgspec
+
+from .schema import Event, Item, LLMEvent
+
+PROMPT_EVENT = "Prompt"
+GENERATION_EVENT = "Generation"
+THREAD_KEY = "$thread_id"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_encode = msgspec.json.Encoder().encode
+
+
+class EventRow(NamedTuple):
+    """One stored event, in the column order of the ``events`` table."""
+
+    id: str
+    project: str
+    user_id: str
+    event: str
+    timestamp: int  # microseconds since the Unix epoch, UTC
+    thread_id: str | None
+    properties: str  # a JSON object
+    received_at: int  # microseconds since the Unix epoch, UTC
+    source: str  # "event" or "llm"
+
+
+def to_micros(moment: datetime) -> int:
+    """Microseconds since the epoch; a naive timestamp is taken as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def expand(
+    items: Iterable[Item], *, project: str, received_at: int, new_id: Callable[[], str]
+) -> Iterator[EventRow]:
+    """Rows for a batch, in the order the client sent them (prompt before generation)."""
+    for item in items:
+        if isinstance(item, Event):
+            yield _event_row(item, project, received_at, new_id())
+        else:
+            yield from _llm_rows(item, project, received_at, new_id(), new_id())
+
+
+def _event_row(item: Event, project: str, received_at: int, event_id: str) -> EventRow:
+    at = to_micros(item.timestamp)
+    return _row(
+        event_id, project, item.user_id, item.event, at, item.properties or {}, received_at, "event"
+    )
+
+
+def _llm_rows(
+    item: LLMEvent, project: str, received_at: int, prompt_id: str, generation_id: str
+) -> tuple[EventRow, EventRow]:
+    user = dict(item.properties or {})
+    if item.thread_id is not None:
+        user[THREAD_KEY] = item.thread_id
+    generated_at = to_micros(item.timestamp) if item.timestamp else received_at
+    prompted_at = generated_at - round((item.latency or 0) * 1_000_000)
+    prompt = {"$text": item.prompt, "$generation_id": generation_id, **user}
+    generation = {
+        "$text": item.generation,
+        "$assistant_id": item.assistant_id,
+        "$prompt": item.prompt,
+        "latency(s)": item.latency,
+        "$prompt_id": prompt_id,
+        **user,
+    }
+    prompt_name = item.prompt_event_name or PROMPT_EVENT
+    generation_name = item.generation_event_name or GENERATION_EVENT
+    return (
+        _row(
+            prompt_id, project, item.user_id, prompt_name, prompted_at, prompt, received_at, "llm"
+        ),
+        _row(
+            generation_id,
+            project,
+            item.user_id,
+            generation_name,
+            generated_at,
+            generation,
+            received_at,
+            "llm",
+        ),
+    )
+
+
+def _row(
+    event_id: str,
+    project: str,
+    user_id: str,
+    name: str,
+    at: int,
+    properties: dict[str, Any],
+    received_at: int,
+    source: str,
+) -> EventRow:
+    encoded = _encode(properties).decode()
+    thread_id = _thread_id(properties)
+    return EventRow(event_id, project, user_id, name, at, thread_id, encoded, received_at, source)
+
+
+def _thread_id(properties: dict[str, Any]) -> str | None:
+    """The conversation id from ``$thread_id``: strings and numbers count, anything else not."""
+    value = properties.get(THREAD_KEY)
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    return str(value)

@@ -1,0 +1,176 @@
+"""The durable point of acknowledgement: one writer thread, group commit.
+
+Request handlers ``await journal.append(...)``; the writer thread takes everything queued
+at that moment, inserts each batch as one row, commits once (an fsync with
+``synchronous=FULL``) and only then resolves the handlers' futures. Concurrent requests
+thus share a commit, and throughput is not capped by the disk's fsync rate.
+
+When no batch is waiting (and at least every ``materialise_every_s`` under load), the
+same thread materialises journaled batches into per-event rows. One thread, one
+connection: no lock contention inside the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import StorageUnavailable
+from .materialise import materialise, pending_batches
+from .store import connect
+
+log = logging.getLogger("trubrics_ingestion.journal")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One validated batch waiting for its commit."""
+
+    project: str
+    source: str
+    received_at: int
+    body: bytes
+    future: asyncio.Future[None]
+    loop: asyncio.AbstractEventLoop
+
+
+_STOP = object()
+MATERIALISE_CHUNK = 32  # batches per materialising transaction: short write-lock holds
+FAILURE_BACKOFF_S = 1.0
+
+
+class Journal:
+    """Group-committing writer of acknowledged batches, plus their later materialisation."""
+
+    def __init__(
+        self,
+        database: Path,
+        *,
+        max_batches_per_commit: int = 256,
+        materialise_every_s: float = 0.05,
+    ) -> None:
+        self._database = database
+        self._max_batches = max_batches_per_commit
+        self._materialise_every_s = materialise_every_s
+        self._queue: queue.SimpleQueue[Entry | object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        """Open the store and start the writer thread."""
+        conn = connect(self._database)
+        self._thread = threading.Thread(target=self._run, args=(conn,), name="journal", daemon=True)
+        self._thread.start()
+
+    async def append(self, project: str, source: str, body: bytes, received_at: int) -> None:
+        """Return once the batch is durably committed; raise ``StorageUnavailable`` otherwise."""
+        if self._closed:
+            raise StorageUnavailable("The server is shutting down; nothing was stored.")
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put(Entry(project, source, received_at, body, future, loop))
+        await future
+
+    def ready(self) -> bool:
+        """True while batches can be committed."""
+        return not self._closed and self._thread is not None and self._thread.is_alive()
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Commit what is queued, stop the thread. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _run(self, conn: sqlite3.Connection) -> None:
+        pending = pending_batches(conn)
+        retry_at = last_materialised = time.monotonic()
+        try:
+            while True:
+                wait = max(retry_at - time.monotonic(), 0.0) if pending else None
+                entries, stop = self._take(wait)
+                if entries:
+                    pending += self._commit(conn, entries)
+                if stop:
+                    return
+                now = time.monotonic()
+                overdue = now - last_materialised > self._materialise_every_s
+                if pending and now >= retry_at and (self._queue.empty() or overdue):
+                    pending, progressed = self._materialise(conn, pending)
+                    last_materialised = now
+                    retry_at = now if progressed else now + FAILURE_BACKOFF_S
+        finally:
+            conn.close()
+
+    def _take(self, wait: float | None) -> tuple[list[Entry], bool]:
+        """Everything queued right now, after waiting up to ``wait`` seconds for the first."""
+        entries: list[Entry] = []
+        try:
+            item = self._queue.get(timeout=wait)
+            while item is not _STOP:
+                entries.append(item)  # type: ignore[arg-type]
+                if len(entries) >= self._max_batches:
+                    return entries, False
+                item = self._queue.get_nowait()
+            return entries, True
+        except queue.Empty:
+            return entries, False
+
+    def _commit(self, conn: sqlite3.Connection, entries: list[Entry]) -> int:
+        """Journal the entries in one durable transaction; tell every waiter the outcome."""
+        error: BaseException | None = None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                "INSERT INTO journal (project, source, received_at, body) VALUES (?, ?, ?, ?)",
+                [(e.project, e.source, e.received_at, e.body) for e in entries],
+            )
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.error("journal commit of %d batches failed: %s", len(entries), exc)
+            error = StorageUnavailable()
+            _rollback(conn)
+        for entry in entries:
+            _resolve(entry, error)
+        return 0 if error else len(entries)
+
+    def _materialise(self, conn: sqlite3.Connection, pending: int) -> tuple[int, bool]:
+        """One chunk of materialisation: the new pending count, and whether it progressed."""
+        try:
+            done = materialise(conn, max_batches=MATERIALISE_CHUNK)
+            return (
+                pending - done if done == MATERIALISE_CHUNK else pending_batches(conn)
+            ), done > 0
+        except Exception:  # never let a bad batch kill the writer: log, back off, retry
+            log.exception("materialising journaled batches failed; will retry")
+            _rollback(conn)
+            return pending, False
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+def _resolve(entry: Entry, error: BaseException | None) -> None:
+    """Hand the outcome to the request's event loop, which may have gone away meanwhile."""
+
+    def settle() -> None:
+        if entry.future.done():
+            return
+        if error is None:
+            entry.future.set_result(None)
+        else:
+            entry.future.set_exception(error)
+
+    with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+        entry.loop.call_soon_threadsafe(settle)

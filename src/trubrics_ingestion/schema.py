@@ -1,0 +1,135 @@
+"""The two request bodies, decoded and validated with msgspec.
+
+A valid batch takes the fast path: one typed ``Decoder`` call. Only when that fails do
+we pay for the slow path, which checks every field of every item so that the 422 names
+*all* problems at once (msgspec stops at the first), in FastAPI's ``loc``/``msg``/``type``
+shape. Both paths use the same annotated types, so they cannot disagree.
+
+Unknown fields are ignored on purpose: the real SDKs send some (``event_type`` in older
+versions, ``thread_id`` at the top level of LLM events).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from .errors import InvalidPayload
+
+MAX_BATCH_ITEMS = 100
+
+NonEmptyStr = Annotated[str, Meta(min_length=1)]
+Seconds = Annotated[float, Meta(ge=0)]
+Properties = dict[str, Any]
+
+
+class Event(Struct):
+    """One product analytics event, as posted to ``/publish_events``."""
+
+    user_id: NonEmptyStr
+    event: NonEmptyStr
+    timestamp: datetime
+    properties: Properties | None = None
+
+
+class LLMEvent(Struct):
+    """One prompt and its generation, as posted to ``/publish_llm_events``."""
+
+    user_id: NonEmptyStr
+    prompt: str
+    generation: str
+    assistant_id: str | None = None
+    latency: Seconds | None = None
+    timestamp: datetime | None = None
+    prompt_event_name: NonEmptyStr | None = None
+    generation_event_name: NonEmptyStr | None = None
+    properties: Properties | None = None
+    thread_id: str | None = None
+
+
+Kind = Literal["event", "llm"]
+Item = Event | LLMEvent
+STRUCTS: dict[Kind, type[Event] | type[LLMEvent]] = {"event": Event, "llm": LLMEvent}
+_DECODERS = {
+    kind: msgspec.json.Decoder(Annotated[list[struct], Meta(max_length=MAX_BATCH_ITEMS)])  # type: ignore[valid-type]
+    for kind, struct in STRUCTS.items()
+}
+_FIELDS = {kind: msgspec.structs.fields(struct) for kind, struct in STRUCTS.items()}
+
+
+def decode_batch(body: bytes, kind: Kind) -> list[Item]:
+    """Decode and validate a whole batch, or raise ``InvalidPayload`` naming every error."""
+    try:
+        return _DECODERS[kind].decode(body)  # type: ignore[no-any-return]
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        raise InvalidPayload(list(_all_errors(body, kind))) from None
+
+
+def _all_errors(body: bytes, kind: Kind) -> list[dict[str, Any]]:
+    """The slow path: find every problem in a body that failed the fast path."""
+    try:
+        items = msgspec.json.decode(body)
+    except msgspec.ValidationError as exc:  # a number too large for a float
+        return [_error(["body"], str(exc), "value_error")]
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        return [_error(["body"], f"Invalid JSON: {exc}", "json_invalid")]
+    except RecursionError:
+        return [_error(["body"], "JSON is nested too deeply.", "json_invalid")]
+    if not isinstance(items, list):
+        return [_error(["body"], "Input should be a valid array of events.", "list_type")]
+    if len(items) > MAX_BATCH_ITEMS:
+        msg = f"A batch holds at most {MAX_BATCH_ITEMS} items, got {len(items)}."
+        return [_error(["body"], msg, "too_long")]
+    errors = [
+        error for index, item in enumerate(items) for error in _item_errors(index, item, kind)
+    ]
+    return errors or [_error(["body"], "Invalid payload.", "value_error")]
+
+
+def _item_errors(index: int, item: Any, kind: Kind) -> list[dict[str, Any]]:
+    if not isinstance(item, dict):
+        return [_error(["body", index], "Input should be a valid object.", "dict_type")]
+    errors = []
+    for field in _FIELDS[kind]:
+        loc: list[str | int] = ["body", index, field.name]
+        if field.name not in item:
+            if field.required:
+                errors.append(_error(loc, "Field required.", "missing"))
+            continue
+        try:
+            msgspec.convert(item[field.name], field.type)
+        except msgspec.ValidationError as exc:
+            errors.append(_validation_error(loc, str(exc)))
+    return errors
+
+
+_PATH = re.compile(r" - at `\$(.*)`$")
+_TYPES = {"str": "string_type", "float": "float_type", "object": "dict_type", "null": "none"}
+
+
+def _validation_error(loc: list[str | int], message: str) -> dict[str, Any]:
+    """Translate a msgspec message into a FastAPI-style error with a pydantic-like type."""
+    match = _PATH.search(message)
+    if match:
+        message = message[: match.start()]
+        loc = loc + [part for part in re.split(r"[.\[\]]+", match.group(1)) if part]
+    if message.startswith("Expected `str` of length"):
+        kind = "string_too_short"
+    elif message.startswith("Expected `float` >="):
+        kind = "greater_than_equal"
+    elif "RFC3339" in message or "datetime" in message:
+        kind = "datetime_parsing"
+    elif message.startswith("Expected `"):
+        expected = message.split("`")[1].split(" | ")[0]
+        kind = _TYPES.get(expected, "type_error")
+    else:
+        kind = "value_error"
+    return _error(loc, message + ".", kind)
+
+
+def _error(loc: list[str | int], msg: str, kind: str) -> dict[str, Any]:
+    return {"loc": loc, "msg": msg, "type": kind}

@@ -1,0 +1,93 @@
+"""Running one ingestion node: open the store, start the journal, serve HTTP, shut down cleanly.
+
+uvicorn (uvloop + httptools) serves the app. On SIGTERM or Ctrl-C it stops accepting,
+lets in-flight requests finish (their batches still commit), and only then is the
+journal closed, committing anything still queued.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from functools import partial
+from importlib import resources
+from importlib.metadata import version
+
+import uvicorn
+
+from . import keys, store
+from .app import build_app
+from .auth import KeyCache, key_problem
+from .config import Settings
+from .journal import Journal
+
+log = logging.getLogger("trubrics_ingestion")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+def serve(settings: Settings) -> None:
+    """Serve until stopped."""
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s"
+    )
+    conn = store.connect(settings.database_path)
+    _seed_key(conn, settings)
+    journal = Journal(settings.database_path)
+    journal.start()
+    cache = KeyCache(
+        partial(keys.load_active_keys, conn), refresh_interval_s=settings.key_refresh_interval_s
+    )
+    openapi = resources.files(__package__).joinpath("openapi.json").read_bytes()
+    app = build_app(
+        keys=cache,
+        sink=journal,
+        max_body_bytes=settings.max_body_bytes,
+        openapi=openapi,
+        cors_origins=settings.cors_origins,
+    )
+    log.info(
+        "trubrics-ingestion %s: data in %s, max body %d bytes, listening on http://%s:%d",
+        version("trubrics-ingestion"),
+        settings.data_dir.resolve(),
+        settings.max_body_bytes,
+        settings.host,
+        settings.port,
+    )
+    _hint_if_keyless(conn, settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        server_header=False,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+    )
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        journal.close()
+        conn.close()
+
+
+def _seed_key(conn: sqlite3.Connection, settings: Settings) -> None:
+    """Register ``TRUBRICS_INIT_API_KEY`` for ``TRUBRICS_INIT_PROJECT`` (headless deployments)."""
+    if not (settings.init_project and settings.init_api_key):
+        return
+    problem = key_problem(settings.init_api_key)
+    if problem:
+        raise SystemExit(f"TRUBRICS_INIT_API_KEY is not usable as a key: {problem}")
+    if keys.seed_key(conn, settings.init_project, settings.init_api_key.strip()):
+        log.info("seeded a key for project %r from TRUBRICS_INIT_API_KEY", settings.init_project)
+
+
+def _hint_if_keyless(conn: sqlite3.Connection, settings: Settings) -> None:
+    if not any(key.revoked_at is None for key in keys.list_keys(conn)):
+        log.warning(
+            "No API keys yet. Create one with:\n    trubrics-ingestion keys create"
+            " --project default --data-dir %s",
+            settings.data_dir,
+        )

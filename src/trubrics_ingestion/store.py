@@ -1,0 +1,103 @@
+"""The SQLite file: how it is opened, and its versioned schema.
+
+One file under the data dir holds projects, keys, the journal of acknowledged batches and
+the per-event rows materialised from it. WAL mode lets readers (the CLI, the key cache)
+run while the server writes; ``synchronous=FULL`` makes every commit durable before the
+server acknowledges a batch.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from .ids import new_node_id
+
+# Each entry upgrades the schema by one version; PRAGMA user_version counts them.
+MIGRATIONS = (
+    """
+    CREATE TABLE meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
+    CREATE TABLE projects (name TEXT PRIMARY KEY, created_at INTEGER NOT NULL);
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        project TEXT NOT NULL REFERENCES projects(name),
+        key_hash TEXT NOT NULL UNIQUE,
+        hint TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    );
+    -- Acknowledged batches, one row each, as the validated request body. AUTOINCREMENT:
+    -- batch numbers are part of event ids and must never be reused after a prune.
+    CREATE TABLE journal (
+        batch INTEGER PRIMARY KEY AUTOINCREMENT,
+        project TEXT NOT NULL,
+        source TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        body BLOB NOT NULL
+    );
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        project TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        event TEXT NOT NULL,
+        timestamp INTEGER NOT NULL,
+        thread_id TEXT,
+        properties TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        source TEXT NOT NULL
+    );
+    CREATE INDEX events_by_thread ON events (project, thread_id) WHERE thread_id IS NOT NULL;
+    CREATE INDEX events_by_time ON events (project, timestamp);
+    INSERT INTO meta VALUES ('keys_version', 0);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNew(RuntimeError):
+    """The file was written by a newer release; refusing to touch it is the safe answer."""
+
+
+def connect(database: Path) -> sqlite3.Connection:
+    """Open (creating if needed) the store, in autocommit mode, migrated to the current schema."""
+    _create_private(database)
+    conn = sqlite3.connect(database, isolation_level=None, check_same_thread=False, timeout=10)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    migrate(conn)
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Apply the missing migrations in one transaction, so concurrent openers agree."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"store schema v{version} is newer than this release's v{SCHEMA_VERSION}"
+            )
+        for script in MIGRATIONS[version:]:
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        if version == 0:
+            conn.execute("INSERT INTO meta VALUES ('node_id', ?)", (new_node_id(),))
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def meta(conn: sqlite3.Connection, name: str) -> int:
+    """An integer setting from the ``meta`` table (node id, keys version)."""
+    return int(conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()[0])
+
+
+def _create_private(database: Path) -> None:
+    """Data dir ``0700`` and database ``0600``: events and key hashes are nobody else's business."""
+    database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(database, os.O_CREAT | os.O_RDWR, 0o600))
