@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from importlib import resources
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, Protocol
 
@@ -105,9 +106,10 @@ class IngestionApp:
 
 
 def build_app(
-    *, keys: KeyCache, sink: Sink, max_body_bytes: int, openapi: bytes, cors_origins: Sequence[str]
+    *, keys: KeyCache, sink: Sink, max_body_bytes: int, cors_origins: Sequence[str]
 ) -> CORSMiddleware:
     """The ingestion app behind CORS, so browser clients can publish."""
+    openapi = resources.files(__package__).joinpath("openapi.json").read_bytes()
     app = IngestionApp(keys=keys, sink=sink, max_body_bytes=max_body_bytes, openapi=openapi)
     return CORSMiddleware(
         app,

@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import sqlite3
 from functools import partial
-from importlib import resources
 from importlib.metadata import version
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from . import keys, store
 from .app import build_app
@@ -27,9 +27,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 def serve(settings: Settings) -> None:
     """Serve until stopped."""
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
     conn = store.connect(settings.database_path)
     _seed_key(conn, settings)
     journal = Journal(settings.database_path)
@@ -37,12 +35,10 @@ def serve(settings: Settings) -> None:
     cache = KeyCache(
         partial(keys.load_active_keys, conn), refresh_interval_s=settings.key_refresh_interval_s
     )
-    openapi = resources.files(__package__).joinpath("openapi.json").read_bytes()
     app = build_app(
         keys=cache,
         sink=journal,
         max_body_bytes=settings.max_body_bytes,
-        openapi=openapi,
         cors_origins=settings.cors_origins,
     )
     log.info(
@@ -54,7 +50,17 @@ def serve(settings: Settings) -> None:
         settings.port,
     )
     _hint_if_keyless(conn, settings)
-    config = uvicorn.Config(
+    config = uvicorn_config(app, settings)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        journal.close()
+        conn.close()
+
+
+def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
+    """The HTTP server settings, shared with the benchmark's validation-only floor."""
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -66,11 +72,6 @@ def serve(settings: Settings) -> None:
         log_level=settings.log_level,
         timeout_graceful_shutdown=30,
     )
-    try:
-        uvicorn.Server(config).run()
-    finally:
-        journal.close()
-        conn.close()
 
 
 def _seed_key(conn: sqlite3.Connection, settings: Settings) -> None:
