@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from importlib import resources
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from importlib import resources
 from typing import Any, Protocol
 
 import msgspec
