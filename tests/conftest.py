@@ -116,7 +116,7 @@ class Node:
 
     def export(self, *args: str) -> list[dict[str, Any]]:
         out = self.cli("events", "export", *args).stdout
-        return [json.loads(line) for line in out.splitlines()]
+        return [json.loads(line) for line in out.split("\n") if line]
 
 
 @pytest.fixture
