@@ -9,6 +9,7 @@ from pathlib import Path
 
 import requests
 import yaml
+
 from conftest import Node
 
 EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
@@ -139,3 +140,9 @@ def test_a_client_that_disconnects_mid_body_does_not_hurt(node: Node) -> None:
         )
     assert node.post("/publish_events", [EVENT]).status_code == 200
     assert len(node.export()) == 1
+
+
+def test_trailing_and_doubled_slashes_from_sdk_hosts_are_tolerated(node: Node) -> None:
+    for path in ("//publish_events", "/api/ingestion//publish_events", "/publish_events/"):
+        assert node.post(path, [EVENT]).status_code == 200, path
+    assert len(node.export()) == 3

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 import requests
+
 from conftest import Node
 
 GOOD = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}

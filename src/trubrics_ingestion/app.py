@@ -75,6 +75,8 @@ class IngestionApp:
 
     async def _route(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
         path: str = scope["path"]
+        if "//" in path or path.endswith("/"):  # SDK hosts given with a trailing slash
+            path = "/" + "/".join(part for part in path.split("/") if part)
         if path.startswith(PREFIX + "/"):
             path = path[len(PREFIX) :]
         method: str = scope["method"]

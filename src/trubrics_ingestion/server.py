@@ -8,6 +8,7 @@ journal closed, committing anything still queued.
 from __future__ import annotations
 
 import logging
+import signal
 import sqlite3
 from functools import partial
 from importlib.metadata import version
@@ -51,6 +52,7 @@ def serve(settings: Settings) -> None:
     )
     _hint_if_keyless(conn, settings)
     config = uvicorn_config(app, settings)
+    _exit_zero_on_stop_signals()
     try:
         uvicorn.Server(config).run()
     finally:
@@ -72,6 +74,21 @@ def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
         log_level=settings.log_level,
         timeout_graceful_shutdown=30,
     )
+
+
+def _exit_zero_on_stop_signals() -> None:
+    """Make SIGTERM/SIGINT a clean exit (status 0) once the journal is closed.
+
+    uvicorn handles both during serving and re-raises the signal after its graceful
+    shutdown; this handler turns that into ``SystemExit(0)``, so the ``finally`` that
+    closes the journal still runs and supervisors see a clean stop.
+    """
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
 
 
 def _seed_key(conn: sqlite3.Connection, settings: Settings) -> None:

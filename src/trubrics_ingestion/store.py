@@ -8,6 +8,7 @@ server acknowledges a batch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from pathlib import Path
@@ -98,6 +99,14 @@ def meta(conn: sqlite3.Connection, name: str) -> int:
 
 
 def _create_private(database: Path) -> None:
-    """Data dir ``0700`` and database ``0600``: events and key hashes are nobody else's business."""
+    """Data dir ``0700`` and database ``0600``: events and key hashes are nobody else's business.
+
+    The file is only ever opened here when it does not exist yet. Closing any descriptor of
+    an open SQLite file drops this process's POSIX locks on it, after which another process
+    may believe itself the last user, checkpoint and delete the WAL under our feet.
+    """
     database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.close(os.open(database, os.O_CREAT | os.O_RDWR, 0o600))
+    if database.exists():
+        return
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(database, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))

@@ -1,0 +1,105 @@
+"""Projects and keys: the CLI, hashing, revocation, isolation, headless seeding."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Node, cli, create_key
+from trubrics_ingestion.auth import KEY_PREFIX, generate_key, key_problem
+
+EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
+
+
+def test_key_format_is_prefixed_and_carries_256_random_bits() -> None:
+    keys = {generate_key() for _ in range(1000)}
+    assert len(keys) == 1000
+    for key in keys:
+        assert key.startswith(KEY_PREFIX) and re.fullmatch(r"trb_[A-Za-z0-9_-]{43}", key)
+        assert key_problem(key) is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (None, "Missing"),
+        ("", "Empty"),
+        ("   ", "Empty"),
+        ("short", "Invalid"),
+        ("x" * 257, "Invalid"),
+        ("trb_has a space in it_0000", "Invalid"),
+        ("trb_nul\x00character_000000", "Invalid"),
+        ("trb_non_ascii_é_0000000000", "Invalid"),
+    ],
+)
+def test_key_problem_names_the_reason(raw: str | None, reason: str) -> None:
+    problem = key_problem(raw)
+    assert problem is not None and problem.startswith(reason)
+
+
+def test_only_the_hash_is_stored(tmp_path: Path) -> None:
+    created = create_key(tmp_path, "demo")
+    assert set(created) == {"project", "key", "id"} and created["project"] == "demo"
+    raw = (tmp_path / "trubrics.db").read_bytes()
+    assert created["key"].encode() not in raw
+    digest = hashlib.sha256(created["key"].encode()).hexdigest()
+    conn = sqlite3.connect(tmp_path / "trubrics.db")
+    assert conn.execute("SELECT key_hash FROM api_keys").fetchall() == [(digest,)]
+    listed = cli(tmp_path, "keys", "list").stdout
+    assert created["id"] in listed and created["key"] not in listed
+
+
+def test_store_files_are_private(tmp_path: Path) -> None:
+    data = tmp_path / "private"
+    create_key(data, "demo")
+    assert data.stat().st_mode & 0o777 == 0o700
+    assert (data / "trubrics.db").stat().st_mode & 0o777 == 0o600
+
+
+def test_list_and_revoke(tmp_path: Path) -> None:
+    first, second = create_key(tmp_path, "a"), create_key(tmp_path, "b")
+    assert cli(tmp_path, "keys", "revoke", first["id"]).returncode == 0
+    listed = [json.loads(line) for line in cli(tmp_path, "keys", "list", "--json").stdout.split()]
+    assert [(k["id"], k["project"], k["state"]) for k in listed] == [
+        (first["id"], "a", "revoked"),
+        (second["id"], "b", "active"),
+    ]
+    again = cli(tmp_path, "keys", "revoke", first["id"], check=False)
+    assert again.returncode != 0 and "no active key" in again.stderr
+
+
+def test_revoked_key_stops_working_within_a_second(node: Node) -> None:
+    assert node.post("/publish_events", [EVENT]).status_code == 200
+    key_id = json.loads(node.cli("keys", "list", "--json").stdout)["id"]
+    node.cli("keys", "revoke", key_id)
+    deadline = time.monotonic() + 1.0
+    while node.post("/publish_events", [EVENT]).status_code == 200:
+        assert time.monotonic() < deadline, "revoked key still accepted after 1 s"
+        time.sleep(0.05)
+    assert node.post("/publish_events", [EVENT]).status_code == 401
+
+
+def test_new_key_works_at_once_and_events_land_in_its_project(node: Node) -> None:
+    other = create_key(node.data_dir, "other-project")
+    assert node.post("/publish_events", [EVENT], key=other["key"]).status_code == 200
+    assert node.post("/publish_events", [EVENT]).status_code == 200
+    assert [e["project"] for e in node.export()] == ["other-project", node.project]
+    assert len(node.export("--project", "other-project")) == 1
+
+
+def test_init_env_seeds_a_project_and_key(make_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    seeded = "headless-deployment-secret-0123456789"
+    env = {"TRUBRICS_INIT_PROJECT": "headless", "TRUBRICS_INIT_API_KEY": seeded}
+    node = make_node(env=env)
+    assert node.post("/publish_events", [EVENT], key=seeded).status_code == 200
+    assert node.export()[0]["project"] == "headless"
+    node.stop()
+    node.start()  # a second start with the same env must not duplicate the key
+    assert len(node.cli("keys", "list").stdout.splitlines()) == 2
+    assert seeded not in node.log()
