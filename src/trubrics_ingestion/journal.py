@@ -109,7 +109,17 @@ class Journal:
                     last_materialised = now
                     retry_at = now if progressed else now + FAILURE_BACKOFF_S
         finally:
+            self._closed = True
+            self._fail_queued()
             conn.close()
+
+    def _fail_queued(self) -> None:
+        """Answer anyone still waiting with a 503: a writer that stopped must not leave hangs."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                item = self._queue.get_nowait()
+                if isinstance(item, Entry):
+                    _resolve(item, StorageUnavailable())
 
     def _take(self, wait: float | None) -> tuple[list[Entry], bool]:
         """Everything queued right now, after waiting up to ``wait`` seconds for the first."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import sqlite3
+import sys
 from functools import partial
 from importlib.metadata import version
 
@@ -105,7 +106,13 @@ def _seed_key(conn: sqlite3.Connection, settings: Settings) -> None:
 def _hint_if_keyless(conn: sqlite3.Connection, settings: Settings) -> None:
     if not any(key.revoked_at is None for key in keys.list_keys(conn)):
         log.warning(
-            "No API keys yet. Create one with:\n    trubrics-ingestion keys create"
-            " --project default --data-dir %s",
+            "No API keys yet. Create one with:\n    %s keys create --project default --data-dir %s",
+            _this_command(),
             settings.data_dir,
         )
+
+
+def _this_command() -> str:
+    """How the operator ran us (``.venv/bin/trubrics-ingestion`` under ``make serve``)."""
+    argv0 = sys.argv[0]
+    return argv0 if argv0.endswith("trubrics-ingestion") else "trubrics-ingestion"
