@@ -1,0 +1,81 @@
+"""The validation-only floor: the real HTTP stack with storage switched off.
+
+Same ``build_app``, same ``uvicorn_config`` (uvloop + httptools), same ``KeyCache`` over a
+real key in a real store; only the sink differs: ``append`` returns at once. What this
+serves per second is the ceiling for the durable server on the same machine, so
+durable/floor isolates what durability costs. Bench-only: the product has no way to
+turn storage off, on purpose.
+
+Usage: ``python bench/floor.py --port N --data-dir D``. If the store has no active key,
+one is created and printed as ``{"key": ...}`` on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+from functools import partial
+from pathlib import Path
+
+import uvicorn
+
+from trubrics_ingestion import keys, store
+from trubrics_ingestion.app import build_app
+from trubrics_ingestion.auth import KeyCache
+from trubrics_ingestion.config import Settings
+from trubrics_ingestion.server import uvicorn_config
+
+
+class NullSink:
+    """Accepts every batch and keeps nothing: the floor measures HTTP + auth + validation."""
+
+    async def append(self, project: str, source: str, body: bytes, received_at: int) -> None:
+        """Return at once, without even yielding to the loop: nothing to wait for."""
+
+    def ready(self) -> bool:
+        """Always ready, so ``/readyz`` answers like a healthy node."""
+        return True
+
+
+def ensure_key(conn: sqlite3.Connection, project: str = "bench") -> None:
+    """Create a key only if none is active, so callers may bring their own."""
+    if any(key.revoked_at is None for key in keys.list_keys(conn)):
+        return
+    new = keys.create_key(conn, project)
+    print(json.dumps({"project": new.project, "key": new.key, "id": new.id}), flush=True)
+
+
+def serve(settings: Settings) -> None:
+    """Serve the floor until SIGTERM/SIGINT, with the product's own uvicorn settings."""
+    conn = store.connect(settings.database_path)
+    ensure_key(conn)
+    cache = KeyCache(
+        partial(keys.load_active_keys, conn), refresh_interval_s=settings.key_refresh_interval_s
+    )
+    app = build_app(
+        keys=cache,
+        sink=NullSink(),
+        max_body_bytes=settings.max_body_bytes,
+        cors_origins=settings.cors_origins,
+    )
+    try:
+        uvicorn.Server(uvicorn_config(app, settings)).run()
+    finally:
+        conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args()
+    serve(
+        Settings(host=args.host, port=args.port, data_dir=args.data_dir, log_level=args.log_level)
+    )
+
+
+if __name__ == "__main__":
+    main()
