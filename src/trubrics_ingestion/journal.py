@@ -3,11 +3,8 @@
 Request handlers ``await journal.append(...)``; the writer thread takes everything queued
 at that moment, inserts each batch as one row, commits once (an fsync with
 ``synchronous=FULL``) and only then resolves the handlers' futures. Concurrent requests
-thus share a commit, and throughput is not capped by the disk's fsync rate.
-
-When no batch is waiting (and at least every ``materialise_every_s`` under load), the
-same thread materialises journaled batches into per-event rows. One thread, one
-connection: no lock contention inside the process.
+thus share a commit, and throughput is not capped by the disk's fsync rate. Turning
+batches into per-event rows happens elsewhere, later (``materialise.py``).
 """
 
 from __future__ import annotations
@@ -18,12 +15,10 @@ import logging
 import queue
 import sqlite3
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import StorageUnavailable
-from .materialise import materialise, pending_batches
 from .store import connect
 
 log = logging.getLogger("trubrics_ingestion.journal")
@@ -42,23 +37,14 @@ class Entry:
 
 
 _STOP = object()
-MATERIALISE_CHUNK = 32  # batches per materialising transaction: short write-lock holds
-FAILURE_BACKOFF_S = 1.0
 
 
 class Journal:
-    """Group-committing writer of acknowledged batches, plus their later materialisation."""
+    """Group-committing writer of acknowledged batches."""
 
-    def __init__(
-        self,
-        database: Path,
-        *,
-        max_batches_per_commit: int = 256,
-        materialise_every_s: float = 0.05,
-    ) -> None:
+    def __init__(self, database: Path, *, max_batches_per_commit: int = 256) -> None:
         self._database = database
         self._max_batches = max_batches_per_commit
-        self._materialise_every_s = materialise_every_s
         self._queue: queue.SimpleQueue[Entry | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -92,22 +78,12 @@ class Journal:
             self._thread.join(timeout_s)
 
     def _run(self, conn: sqlite3.Connection) -> None:
-        pending = pending_batches(conn)
-        retry_at = last_materialised = time.monotonic()
         try:
-            while True:
-                wait = max(retry_at - time.monotonic(), 0.0) if pending else None
-                entries, stop = self._take(wait)
+            stop = False
+            while not stop:
+                entries, stop = self._take()
                 if entries:
-                    pending += self._commit(conn, entries)
-                if stop:
-                    return
-                now = time.monotonic()
-                overdue = now - last_materialised > self._materialise_every_s
-                if pending and now >= retry_at and (self._queue.empty() or overdue):
-                    pending, progressed = self._materialise(conn, pending)
-                    last_materialised = now
-                    retry_at = now if progressed else now + FAILURE_BACKOFF_S
+                    self._commit(conn, entries)
         finally:
             self._closed = True
             self._fail_queued()
@@ -121,11 +97,11 @@ class Journal:
                 if isinstance(item, Entry):
                     _resolve(item, StorageUnavailable())
 
-    def _take(self, wait: float | None) -> tuple[list[Entry], bool]:
-        """Everything queued right now, after waiting up to ``wait`` seconds for the first."""
+    def _take(self) -> tuple[list[Entry], bool]:
+        """Everything queued right now, waiting for the first; and whether to stop after it."""
         entries: list[Entry] = []
+        item = self._queue.get()
         try:
-            item = self._queue.get(timeout=wait)
             while item is not _STOP:
                 entries.append(item)  # type: ignore[arg-type]
                 if len(entries) >= self._max_batches:
@@ -135,7 +111,7 @@ class Journal:
         except queue.Empty:
             return entries, False
 
-    def _commit(self, conn: sqlite3.Connection, entries: list[Entry]) -> int:
+    def _commit(self, conn: sqlite3.Connection, entries: list[Entry]) -> None:
         """Journal the entries in one durable transaction; tell every waiter the outcome."""
         error: BaseException | None = None
         try:
@@ -151,19 +127,6 @@ class Journal:
             _rollback(conn)
         for entry in entries:
             _resolve(entry, error)
-        return 0 if error else len(entries)
-
-    def _materialise(self, conn: sqlite3.Connection, pending: int) -> tuple[int, bool]:
-        """One chunk of materialisation: the new pending count, and whether it progressed."""
-        try:
-            done = materialise(conn, max_batches=MATERIALISE_CHUNK)
-            return (
-                pending - done if done == MATERIALISE_CHUNK else pending_batches(conn)
-            ), done > 0
-        except Exception:  # never let a bad batch kill the writer: log, back off, retry
-            log.exception("materialising journaled batches failed; will retry")
-            _rollback(conn)
-            return pending, False
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

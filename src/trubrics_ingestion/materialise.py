@@ -1,42 +1,70 @@
-"""Journal batches -> per-event rows, after the acknowledgement.
+"""Journal batches -> per-event rows, after the acknowledgement, in a process of its own.
 
 Writing 100 indexed rows costs several times more than journaling the batch as one row,
-so the request path only journals (see ``journal.py``) and this step builds the rows
-later. Each step inserts the rows of some batches and deletes those batches in ONE
-transaction, so every acknowledged event becomes exactly one row even when the server
-and a CLI reader both run it: whoever takes the write lock second finds nothing left.
+and building them is Python work that would hold the GIL against the request loop. So
+the server only journals (``journal.py``), and a low-priority child process
+(``Materialiser``) turns batches into rows: under load it yields the CPU to ingestion
+and the backlog waits durably in the journal; when load drops it catches up.
+
+Each step inserts the rows of some batches and deletes those batches in ONE
+transaction, so every acknowledged event becomes exactly one row even when the child
+and a CLI reader both run it: whoever commits second finds its batches gone and retries.
 """
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
+import os
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import cast
 
 from .expand import EventRow, expand
 from .ids import id_factory
 from .schema import Kind, decode_batch
-from .store import meta
+from .store import connect, meta
 
+log = logging.getLogger("trubrics_ingestion.materialise")
+
+BATCHES_PER_STEP = 8  # about 800 rows: keeps the write lock, and so journal commits, brief
+IDLE_POLL_S = 0.05
+FAILURE_BACKOFF_S = 1.0
+NICENESS = 10  # the child gets the CPU that ingestion leaves over
 _INSERT = (
     "INSERT INTO events (id, project, user_id, event, timestamp, thread_id, properties,"
     " received_at, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+Journaled = tuple[int, str, str, int, bytes]
 
 
-def materialise(conn: sqlite3.Connection, *, max_batches: int = 32) -> int:
-    """Turn up to ``max_batches`` of the oldest journal batches into events; returns how many."""
+def materialise(conn: sqlite3.Connection, *, max_batches: int = BATCHES_PER_STEP) -> int:
+    """Turn up to ``max_batches`` of the oldest journal batches into events; returns how many.
+
+    Rows are built before taking the write lock, so the lock is held for the inserts only.
+    """
+    batches: list[Journaled] = conn.execute(
+        "SELECT batch, project, source, received_at, body FROM journal ORDER BY batch LIMIT ?",
+        (max_batches,),
+    ).fetchall()
+    if not batches:
+        return 0
     node = meta(conn, "node_id")
+    rows = [row for batch in batches for row in _rows(batch, node)]
+    first, last = batches[0][0], batches[-1][0]
     conn.execute("BEGIN IMMEDIATE")
     try:
-        batches = conn.execute(
-            "SELECT batch, project, source, received_at, body FROM journal ORDER BY batch LIMIT ?",
-            (max_batches,),
-        ).fetchall()
-        if batches:
-            rows = (row for batch in batches for row in _rows(batch, node))
-            conn.executemany(_INSERT, rows)
-            conn.execute("DELETE FROM journal WHERE batch <= ?", (batches[-1][0],))
+        still_there = conn.execute(
+            "SELECT count(*) FROM journal WHERE batch BETWEEN ? AND ?", (first, last)
+        ).fetchone()[0]
+        if still_there != len(batches):  # another materialiser got there first
+            conn.execute("ROLLBACK")
+            return 0
+        conn.executemany(_INSERT, rows)
+        conn.execute("DELETE FROM journal WHERE batch <= ?", (last,))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -44,21 +72,74 @@ def materialise(conn: sqlite3.Connection, *, max_batches: int = 32) -> int:
     return len(batches)
 
 
-def catch_up(conn: sqlite3.Connection) -> int:
-    """Materialise everything journaled so far, so readers see every acknowledged event."""
-    total = 0
-    while done := materialise(conn):
-        total += done
-    return total
+def catch_up(conn: sqlite3.Connection) -> None:
+    """Materialise every batch journaled before this call, so readers see every acknowledged
+    event (and, under endless load, do not chase batches that arrive meanwhile)."""
+    (target,) = conn.execute("SELECT max(batch) FROM journal").fetchone()
+    while target is not None and _oldest_batch(conn) <= target:
+        materialise(conn)
 
 
-def pending_batches(conn: sqlite3.Connection) -> int:
-    """Batches acknowledged but not yet materialised."""
-    return int(conn.execute("SELECT count(*) FROM journal").fetchone()[0])
+def _oldest_batch(conn: sqlite3.Connection) -> float:
+    (oldest,) = conn.execute("SELECT min(batch) FROM journal").fetchone()
+    return float("inf") if oldest is None else float(oldest)
 
 
-def _rows(journaled: tuple[int, str, str, int, bytes], node: int) -> Iterator[EventRow]:
+def _rows(journaled: Journaled, node: int) -> Iterator[EventRow]:
     batch, project, source, received_at, body = journaled
     items = decode_batch(body, cast(Kind, source))
     new_id = id_factory(received_at // 1000, batch, node)
     return expand(items, project=project, received_at=received_at, new_id=new_id)
+
+
+def run_forever(database: Path, parent_pid: int) -> None:
+    """The child's loop: materialise whatever is journaled, until the parent is gone."""
+    os.nice(NICENESS)
+    conn = connect(database)
+    conn.execute("PRAGMA synchronous=NORMAL")  # the journal holds the batches durably
+    while os.getppid() == parent_pid:
+        try:
+            if not materialise(conn):
+                time.sleep(IDLE_POLL_S)
+        except Exception:  # a bad batch or a full disk: say so, back off, retry
+            log.exception("materialising journaled batches failed; will retry")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            time.sleep(FAILURE_BACKOFF_S)
+
+
+class Materialiser:
+    """Runs ``run_forever`` in a child process and restarts it if it ever dies."""
+
+    def __init__(self, database: Path) -> None:
+        self._database = database
+        self._context = multiprocessing.get_context("spawn")
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._stopping = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="materialiser", daemon=True)
+
+    def start(self) -> None:
+        self._spawn()
+        self._watcher.start()
+
+    def running(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the child; whatever it has not materialised stays safely in the journal."""
+        self._stopping.set()
+        if self._process is not None:
+            self._process.terminate()
+            self._process.join(timeout_s)
+
+    def _spawn(self) -> None:
+        self._process = self._context.Process(
+            target=run_forever, args=(self._database, os.getpid()), daemon=True
+        )
+        self._process.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(1.0):
+            if not self.running():
+                log.error("the materialiser process exited; restarting it")
+                self._spawn()

@@ -22,6 +22,7 @@ from .app import build_app
 from .auth import KeyCache, key_problem
 from .config import Settings
 from .journal import Journal
+from .materialise import Materialiser
 
 log = logging.getLogger("trubrics_ingestion")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
@@ -34,6 +35,8 @@ def serve(settings: Settings) -> None:
     _seed_key(conn, settings)
     journal = Journal(settings.database_path)
     journal.start()
+    materialiser = Materialiser(settings.database_path)
+    materialiser.start()
     cache = KeyCache(
         partial(keys.load_active_keys, conn), refresh_interval_s=settings.key_refresh_interval_s
     )
@@ -58,6 +61,7 @@ def serve(settings: Settings) -> None:
         uvicorn.Server(config).run()
     finally:
         journal.close()
+        materialiser.stop()
         conn.close()
 
 
