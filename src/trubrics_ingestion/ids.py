@@ -10,7 +10,6 @@ materialised again, which keeps downstream writes idempotent.
 from __future__ import annotations
 
 import secrets
-import uuid
 from collections.abc import Callable
 
 NODE_BITS = 24
@@ -27,13 +26,24 @@ def new_node_id() -> int:
 
 def event_id(received_at_ms: int, batch: int, index: int, node: int) -> str:
     """The UUIDv7 string for the ``index``-th event of journal batch ``batch``."""
-    tail = (batch % (1 << BATCH_BITS)) << (INDEX_BITS + NODE_BITS) | index << NODE_BITS | node
-    rand_a, rand_b = tail >> 62, tail & ((1 << 62) - 1)
-    value = (received_at_ms & ((1 << 48) - 1)) << 80 | _VERSION_7 | rand_a << 64 | _VARIANT | rand_b
-    return str(uuid.UUID(int=value))
+    return _format(_uuid7(received_at_ms, batch, node) | index << NODE_BITS)
 
 
 def id_factory(received_at_ms: int, batch: int, node: int) -> Callable[[], str]:
-    """A callable handing out the ids of one batch in order."""
-    counter = iter(range(1 << INDEX_BITS))
-    return lambda: event_id(received_at_ms, batch, next(counter), node)
+    """A callable handing out the ids of one batch in order (cheaply: one base, then ORs)."""
+    base = _uuid7(received_at_ms, batch, node)
+    indexes = iter(range(1 << INDEX_BITS))
+    return lambda: _format(base | next(indexes) << NODE_BITS)
+
+
+def _uuid7(received_at_ms: int, batch: int, node: int) -> int:
+    """The id's integer with index 0; the index bits lie in rand_b, below the variant."""
+    tail = (batch % (1 << BATCH_BITS)) << (INDEX_BITS + NODE_BITS) | node
+    rand_a, rand_b = tail >> 62, tail & ((1 << 62) - 1)
+    return (received_at_ms & ((1 << 48) - 1)) << 80 | _VERSION_7 | rand_a << 64 | _VARIANT | rand_b
+
+
+def _format(value: int) -> str:
+    """Canonical 8-4-4-4-12 text, as ``str(uuid.UUID(int=value))`` but without the object."""
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
