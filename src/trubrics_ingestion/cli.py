@@ -6,6 +6,7 @@ variable; commands that touch the store take ``--data-dir`` after their own name
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from typing import Any, TypeVar
 import click
 import msgspec
 
-from . import events, keys, store
+from . import events, keys, materialise, store
 from .config import (
     DEFAULT_DATA_DIR,
     DEFAULT_HOST,
@@ -187,6 +188,20 @@ def events_export(
     else:
         for record in records:
             click.echo(events.to_ndjson(record))
+
+
+@events_group.command(name="materialise")
+@click.option("--follow", is_flag=True, help="Keep going: materialise new batches as they come.")
+@click.option("--parent-pid", type=int, hidden=True, help="Exit when this process is gone.")
+@data_dir_option
+def events_materialise(follow: bool, parent_pid: int | None, data_dir: Path) -> None:
+    """Turn journaled batches into per-event rows (the server runs this in the background)."""
+    database = Settings(data_dir=data_dir).database_path
+    if follow:
+        with contextlib.suppress(KeyboardInterrupt):
+            materialise.follow(database, parent_pid=parent_pid)
+    else:
+        materialise.catch_up(store.connect(database))
 
 
 @events_group.command(name="tail")

@@ -3,7 +3,8 @@
 Writing 100 indexed rows costs several times more than journaling the batch as one row,
 and building them is Python work that would hold the GIL against the request loop. So
 the server only journals (``journal.py``), and a low-priority child process
-(``Materialiser``) turns batches into rows: under load it yields the CPU to ingestion
+(``Materialiser``, running ``trubrics-ingestion events materialise --follow``) turns
+batches into rows: under load it yields the CPU to ingestion
 and the backlog waits durably in the journal; when load drops it catches up.
 
 Each step inserts the rows of some batches and deletes those batches in ONE
@@ -14,9 +15,10 @@ and a CLI reader both run it: whoever commits second finds its batches gone and 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -92,12 +94,12 @@ def _rows(journaled: Journaled, node: int) -> Iterator[EventRow]:
     return expand(items, project=project, received_at=received_at, new_id=new_id)
 
 
-def run_forever(database: Path, parent_pid: int) -> None:
-    """The child's loop: materialise whatever is journaled, until the parent is gone."""
+def follow(database: Path, *, parent_pid: int | None = None) -> None:
+    """Materialise whatever gets journaled, forever (or until ``parent_pid`` is gone)."""
     os.nice(NICENESS)
     conn = connect(database)
     conn.execute("PRAGMA synchronous=NORMAL")  # the journal holds the batches durably
-    while os.getppid() == parent_pid:
+    while parent_pid is None or os.getppid() == parent_pid:
         try:
             if not materialise(conn):
                 time.sleep(IDLE_POLL_S)
@@ -109,37 +111,32 @@ def run_forever(database: Path, parent_pid: int) -> None:
 
 
 class Materialiser:
-    """Runs ``run_forever`` in a child process and restarts it if it ever dies."""
+    """Runs ``events materialise --follow`` as a child process; restarts it if it dies."""
 
-    def __init__(self, database: Path) -> None:
-        self._database = database
-        self._context = multiprocessing.get_context("spawn")
-        self._process: multiprocessing.process.BaseProcess | None = None
+    def __init__(self, data_dir: Path) -> None:
+        self._command = [
+            sys.executable, "-m", "trubrics_ingestion", "events", "materialise", "--follow",
+            "--parent-pid", str(os.getpid()), "--data-dir", str(data_dir),
+        ]  # fmt: skip
+        self._process: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="materialiser", daemon=True)
 
     def start(self) -> None:
-        self._spawn()
+        self._process = subprocess.Popen(self._command)
         self._watcher.start()
-
-    def running(self) -> bool:
-        return self._process is not None and self._process.is_alive()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the child; whatever it has not materialised stays safely in the journal."""
         self._stopping.set()
-        if self._process is not None:
+        if self._process is not None and self._process.poll() is None:
             self._process.terminate()
-            self._process.join(timeout_s)
-
-    def _spawn(self) -> None:
-        self._process = self._context.Process(
-            target=run_forever, args=(self._database, os.getpid()), daemon=True
-        )
-        self._process.start()
+            self._process.wait(timeout_s)
 
     def _watch(self) -> None:
         while not self._stopping.wait(1.0):
-            if not self.running():
-                log.error("the materialiser process exited; restarting it")
-                self._spawn()
+            if self._process is not None and self._process.poll() is not None:
+                log.error(
+                    "the materialiser exited with %s; restarting it", self._process.returncode
+                )
+                self._process = subprocess.Popen(self._command)

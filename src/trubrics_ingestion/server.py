@@ -35,7 +35,7 @@ def serve(settings: Settings) -> None:
     _seed_key(conn, settings)
     journal = Journal(settings.database_path)
     journal.start()
-    materialiser = Materialiser(settings.database_path)
+    materialiser = Materialiser(settings.data_dir)
     materialiser.start()
     cache = KeyCache(
         partial(keys.load_active_keys, conn), refresh_interval_s=settings.key_refresh_interval_s
