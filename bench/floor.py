@@ -30,8 +30,16 @@ from trubrics_ingestion.server import uvicorn_config
 class NullSink:
     """Accepts every batch and keeps nothing: the floor measures HTTP + auth + validation."""
 
-    async def append(self, project: str, source: str, body: bytes, received_at: int) -> None:
+    async def append(
+        self,
+        project: str,
+        source: str,
+        body: bytes,
+        received_at: int,
+        idempotency_key: str | None = None,
+    ) -> bool:
         """Return at once, without even yielding to the loop: nothing to wait for."""
+        return True
 
     def ready(self) -> bool:
         """Always ready, so ``/readyz`` answers like a healthy node."""

@@ -19,7 +19,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from .auth import KeyCache
 from .body import ClientDisconnected, read_body
-from .errors import IngestionError, MethodNotAllowed, NotFound
+from .errors import IngestionError, InvalidIdempotencyKey, MethodNotAllowed, NotFound
 from .schema import Kind, decode_batch
 
 log = logging.getLogger("trubrics_ingestion.app")
@@ -39,7 +39,15 @@ _encode = msgspec.json.Encoder().encode
 class Sink(Protocol):
     """Where accepted batches go; ``append`` returns once the batch is durable."""
 
-    async def append(self, project: str, source: str, body: bytes, received_at: int) -> None: ...
+    async def append(
+        self,
+        project: str,
+        source: str,
+        body: bytes,
+        received_at: int,
+        idempotency_key: str | None = None,
+    ) -> bool:
+        """True when stored, False when the batch repeats one already stored."""
 
     def ready(self) -> bool: ...
 
@@ -96,10 +104,14 @@ class IngestionApp:
         project = self._keys.project_for(_header(headers, b"x-api-key"))
         body = await read_body(receive, headers, self._max_body_bytes)
         items = decode_batch(body, kind)
-        if items:
-            await self._sink.append(project, kind, body, received_at)
-        stored = len(items) * EXPANSION[kind]
-        return 200, b'{"status":"success","events":%d}' % stored
+        idempotency_key = _idempotency_key(headers)
+        if not items:
+            return 200, b'{"status":"success","events":0}'
+        stored = await self._sink.append(project, kind, body, received_at, idempotency_key)
+        events = len(items) * EXPANSION[kind]
+        if stored:
+            return 200, b'{"status":"success","events":%d}' % events
+        return 200, b'{"status":"success","events":%d,"duplicate":true}' % events
 
     def _readiness(self) -> tuple[int, bytes]:
         if self._sink.ready():
@@ -117,9 +129,18 @@ def build_app(
         app,
         allow_origins=cors_origins,
         allow_methods=("GET", "POST", "OPTIONS"),
-        allow_headers=("content-type", "content-encoding", "x-api-key"),
+        allow_headers=("content-type", "content-encoding", "x-api-key", "idempotency-key"),
         max_age=3600,
     )
+
+
+def _idempotency_key(headers: dict[bytes, bytes]) -> str | None:
+    value = _header(headers, b"idempotency-key")
+    if value is None:
+        return None
+    if not 0 < len(value) <= 255 or not value.isascii() or not value.isprintable():
+        raise InvalidIdempotencyKey()
+    return value
 
 
 def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:

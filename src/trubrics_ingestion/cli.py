@@ -87,28 +87,30 @@ def main() -> None:
     help="Comma-separated origins allowed to publish from a browser.",
 )
 @click.option(
+    "--dedup-window-s",
+    default=600.0,
+    type=click.FloatRange(0),
+    envvar="TRUBRICS_DEDUP_WINDOW_S",
+    show_envvar=True,
+    help="A body repeated by the same project within this many seconds is a retry (0: off).",
+)
+@click.option(
     "--log-level",
     default="info",
     envvar="TRUBRICS_LOG_LEVEL",
     show_envvar=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
-def serve(
-    host: str, port: int, data_dir: Path, max_body_bytes: int, cors_origins: str, log_level: str
-) -> None:
+def serve(cors_origins: str, **options: Any) -> None:
     """Serve the ingestion API."""
     from .server import serve as run  # imports uvicorn only for this command
 
     run(
         Settings(
-            host=host,
-            port=port,
-            data_dir=data_dir,
-            max_body_bytes=max_body_bytes,
             cors_origins=tuple(o.strip() for o in cors_origins.split(",") if o.strip()),
             init_project=os.environ.get("TRUBRICS_INIT_PROJECT") or None,
             init_api_key=os.environ.get("TRUBRICS_INIT_API_KEY") or None,
-            log_level=log_level,
+            **options,
         )
     )
 

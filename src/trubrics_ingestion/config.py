@@ -28,6 +28,7 @@ class Settings:
     init_project: str | None = None
     init_api_key: str | None = field(default=None, repr=False)
     key_refresh_interval_s: float = 0.5
+    dedup_window_s: float = 600.0  # a repeated body within this window is a retry
     log_level: str = "info"
 
     @property

@@ -55,6 +55,16 @@ class UnsupportedEncoding(IngestionError):
     detail = "Unsupported Content-Encoding: only gzip and identity are accepted."
 
 
+class InvalidIdempotencyKey(IngestionError):
+    status = 400
+    detail = "Idempotency-Key must be 1 to 255 printable ASCII characters."
+
+
+class IdempotencyConflict(IngestionError):
+    status = 409
+    detail = "This Idempotency-Key was already used with a different body; nothing was stored."
+
+
 class InvalidGzip(IngestionError):
     status = 400
     detail = "Content-Encoding is gzip but the body is not valid gzip data."

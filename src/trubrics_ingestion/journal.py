@@ -15,10 +15,12 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import StorageUnavailable
+from .dedup import DEFAULT_WINDOW_S, RecentBatches, Verdict, batch_digests
+from .errors import IdempotencyConflict, StorageUnavailable
 from .store import connect
 
 log = logging.getLogger("trubrics_ingestion.journal")
@@ -32,19 +34,29 @@ class Entry:
     source: str
     received_at: int
     body: bytes
-    future: asyncio.Future[None]
+    idempotency_key: str | None
+    future: asyncio.Future[bool]
     loop: asyncio.AbstractEventLoop
 
 
 _STOP = object()
+PRUNE_EVERY_S = 1.0
 
 
 class Journal:
     """Group-committing writer of acknowledged batches."""
 
-    def __init__(self, database: Path, *, max_batches_per_commit: int = 256) -> None:
+    def __init__(
+        self,
+        database: Path,
+        *,
+        dedup_window_s: float = DEFAULT_WINDOW_S,
+        max_batches_per_commit: int = 256,
+    ) -> None:
         self._database = database
         self._max_batches = max_batches_per_commit
+        self._recent = RecentBatches(window_s=dedup_window_s)
+        self._pruned_at = 0.0
         self._queue: queue.SimpleQueue[Entry | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -52,17 +64,29 @@ class Journal:
     def start(self) -> None:
         """Open the store and start the writer thread."""
         conn = connect(self._database)
+        self._recent.load(conn)
         self._thread = threading.Thread(target=self._run, args=(conn,), name="journal", daemon=True)
         self._thread.start()
 
-    async def append(self, project: str, source: str, body: bytes, received_at: int) -> None:
-        """Return once the batch is durably committed; raise ``StorageUnavailable`` otherwise."""
+    async def append(
+        self,
+        project: str,
+        source: str,
+        body: bytes,
+        received_at: int,
+        idempotency_key: str | None = None,
+    ) -> bool:
+        """True once the batch is durably committed, False if it repeats one that was.
+
+        Raises ``StorageUnavailable`` if it could not be stored, ``IdempotencyConflict``
+        if its ``Idempotency-Key`` was used for another body.
+        """
         if self._closed:
             raise StorageUnavailable("The server is shutting down; nothing was stored.")
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._queue.put(Entry(project, source, received_at, body, future, loop))
-        await future
+        future: asyncio.Future[bool] = loop.create_future()
+        self._queue.put(Entry(project, source, received_at, body, idempotency_key, future, loop))
+        return await future
 
     def ready(self) -> bool:
         """True while batches can be committed."""
@@ -112,21 +136,49 @@ class Journal:
             return entries, False
 
     def _commit(self, conn: sqlite3.Connection, entries: list[Entry]) -> None:
-        """Journal the entries in one durable transaction; tell every waiter the outcome."""
-        error: BaseException | None = None
+        """Journal the new entries in one durable transaction; tell every waiter the outcome."""
+        remembered: list[bytes] = []
+        outcomes: list[Verdict | Exception]
         try:
             conn.execute("BEGIN IMMEDIATE")
+            verdicts = [self._admit(conn, entry, remembered) for entry in entries]
             conn.executemany(
                 "INSERT INTO journal (project, source, received_at, body) VALUES (?, ?, ?, ?)",
-                [(e.project, e.source, e.received_at, e.body) for e in entries],
+                [
+                    (e.project, e.source, e.received_at, e.body)
+                    for e, verdict in zip(entries, verdicts, strict=True)
+                    if verdict is Verdict.NEW
+                ],
             )
+            self._prune_now_and_then(conn)
             conn.execute("COMMIT")
+            outcomes = list(verdicts)
         except sqlite3.Error as exc:
             log.error("journal commit of %d batches failed: %s", len(entries), exc)
-            error = StorageUnavailable()
+            self._recent.forget(remembered)
             _rollback(conn)
-        for entry in entries:
-            _resolve(entry, error)
+            outcomes = [StorageUnavailable()] * len(entries)
+        for entry, outcome in zip(entries, outcomes, strict=True):
+            _resolve(entry, outcome)
+
+    def _admit(self, conn: sqlite3.Connection, entry: Entry, remembered: list[bytes]) -> Verdict:
+        """Is this batch new, or a retry of one already journaled (or earlier in this group)?"""
+        if not self._recent.enabled:
+            return Verdict.NEW
+        digest, body_digest = batch_digests(
+            entry.project, entry.source, entry.body, entry.idempotency_key
+        )
+        verdict = self._recent.check(digest, body_digest)
+        if verdict is Verdict.NEW:
+            self._recent.remember(conn, digest, body_digest)
+            remembered.append(digest)
+        return verdict
+
+    def _prune_now_and_then(self, conn: sqlite3.Connection) -> None:
+        now = time.monotonic()
+        if now - self._pruned_at >= PRUNE_EVERY_S:
+            self._recent.prune(conn)
+            self._pruned_at = now
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -134,16 +186,18 @@ def _rollback(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
 
 
-def _resolve(entry: Entry, error: BaseException | None) -> None:
+def _resolve(entry: Entry, outcome: Verdict | Exception) -> None:
     """Hand the outcome to the request's event loop, which may have gone away meanwhile."""
 
     def settle() -> None:
         if entry.future.done():
             return
-        if error is None:
-            entry.future.set_result(None)
+        if isinstance(outcome, Exception):
+            entry.future.set_exception(outcome)
+        elif outcome is Verdict.CONFLICT:
+            entry.future.set_exception(IdempotencyConflict())
         else:
-            entry.future.set_exception(error)
+            entry.future.set_result(outcome is Verdict.NEW)
 
     with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
         entry.loop.call_soon_threadsafe(settle)

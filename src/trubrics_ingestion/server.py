@@ -33,7 +33,7 @@ def serve(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
     conn = store.connect(settings.database_path)
     _seed_key(conn, settings)
-    journal = Journal(settings.database_path)
+    journal = Journal(settings.database_path, dedup_window_s=settings.dedup_window_s)
     journal.start()
     materialiser = Materialiser(settings.data_dir)
     materialiser.start()

@@ -53,6 +53,16 @@ MIGRATIONS = (
     CREATE INDEX events_by_time ON events (project, timestamp);
     INSERT INTO meta VALUES ('keys_version', 0);
     """,
+    """
+    -- Digests of recently journaled batches, to recognise retries (dedup.py), appended in
+    -- the batch's own transaction and pruned from the front once expired.
+    CREATE TABLE dedup (
+        seq INTEGER PRIMARY KEY,
+        digest BLOB NOT NULL,
+        body_digest BLOB NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -81,7 +91,7 @@ def migrate(conn: sqlite3.Connection) -> None:
                 f"store schema v{version} is newer than this release's v{SCHEMA_VERSION}"
             )
         for script in MIGRATIONS[version:]:
-            for statement in script.split(";"):
+            for statement in script.split(";"):  # so: no semicolons inside the SQL comments
                 if statement.strip():
                     conn.execute(statement)
         if version == 0:
