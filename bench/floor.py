@@ -61,12 +61,7 @@ def serve(settings: Settings) -> None:
     cache = KeyCache(
         partial(keys.load_active_keys, conn), refresh_interval_s=settings.key_refresh_interval_s
     )
-    app = build_app(
-        keys=cache,
-        sink=NullSink(),
-        max_body_bytes=settings.max_body_bytes,
-        cors_origins=settings.cors_origins,
-    )
+    app = build_app(settings, keys=cache, sink=NullSink())
     try:
         uvicorn.Server(uvicorn_config(app, settings)).run()
     finally:

@@ -19,7 +19,10 @@ from starlette.middleware.cors import CORSMiddleware
 
 from .auth import KeyCache
 from .body import ClientDisconnected, read_body
+from .config import Settings
 from .errors import IngestionError, InvalidIdempotencyKey, MethodNotAllowed, NotFound
+from .limits import PayloadLimits
+from .ratelimit import RateLimiter
 from .schema import Kind, decode_batch
 
 log = logging.getLogger("trubrics_ingestion.app")
@@ -55,10 +58,21 @@ class Sink(Protocol):
 class IngestionApp:
     """Serves the two publish endpoints plus health, readiness and the OpenAPI document."""
 
-    def __init__(self, *, keys: KeyCache, sink: Sink, max_body_bytes: int, openapi: bytes) -> None:
+    def __init__(
+        self,
+        *,
+        keys: KeyCache,
+        sink: Sink,
+        max_body_bytes: int,
+        limits: PayloadLimits,
+        rate: RateLimiter,
+        openapi: bytes,
+    ) -> None:
         self._keys = keys
         self._sink = sink
         self._max_body_bytes = max_body_bytes
+        self._limits = limits
+        self._rate = rate
         self._gets: dict[str, Callable[[], tuple[int, bytes]]] = {
             "/healthz": lambda: (200, b'{"status":"ok"}'),
             "/readyz": self._readiness,
@@ -104,11 +118,13 @@ class IngestionApp:
         project = self._keys.project_for(_header(headers, b"x-api-key"))
         body = await read_body(receive, headers, self._max_body_bytes)
         items = decode_batch(body, kind)
+        self._limits.check(body, items)
         idempotency_key = _idempotency_key(headers)
         if not items:
             return 200, b'{"status":"success","events":0}'
-        stored = await self._sink.append(project, kind, body, received_at, idempotency_key)
         events = len(items) * EXPANSION[kind]
+        self._rate.take(project, events)
+        stored = await self._sink.append(project, kind, body, received_at, idempotency_key)
         if stored:
             return 200, b'{"status":"success","events":%d}' % events
         return 200, b'{"status":"success","events":%d,"duplicate":true}' % events
@@ -119,15 +135,23 @@ class IngestionApp:
         return 503, b'{"detail":"The journal writer is not running."}'
 
 
-def build_app(
-    *, keys: KeyCache, sink: Sink, max_body_bytes: int, cors_origins: Sequence[str]
-) -> CORSMiddleware:
-    """The ingestion app behind CORS, so browser clients can publish."""
-    openapi = resources.files(__package__).joinpath("openapi.json").read_bytes()
-    app = IngestionApp(keys=keys, sink=sink, max_body_bytes=max_body_bytes, openapi=openapi)
+def build_app(settings: Settings, *, keys: KeyCache, sink: Sink) -> CORSMiddleware:
+    """The ingestion app, configured by ``settings``, behind CORS so browsers can publish."""
+    app = IngestionApp(
+        keys=keys,
+        sink=sink,
+        max_body_bytes=settings.max_body_bytes,
+        limits=PayloadLimits(
+            max_event_bytes=settings.max_event_bytes, max_depth=settings.max_depth
+        ),
+        rate=RateLimiter(
+            events_per_s=settings.rate_limit_events_per_s, burst=settings.rate_limit_burst
+        ),
+        openapi=resources.files(__package__).joinpath("openapi.json").read_bytes(),
+    )
     return CORSMiddleware(
         app,
-        allow_origins=cors_origins,
+        allow_origins=settings.cors_origins,
         allow_methods=("GET", "POST", "OPTIONS"),
         allow_headers=("content-type", "content-encoding", "x-api-key", "idempotency-key"),
         max_age=3600,

@@ -87,6 +87,37 @@ def main() -> None:
     help="Comma-separated origins allowed to publish from a browser.",
 )
 @click.option(
+    "--max-event-bytes",
+    default=1024 * 1024,
+    type=click.IntRange(1024),
+    envvar="TRUBRICS_MAX_EVENT_BYTES",
+    show_envvar=True,
+    help="Largest single event accepted (422 beyond).",
+)
+@click.option(
+    "--max-depth",
+    default=32,
+    type=click.IntRange(1),
+    envvar="TRUBRICS_MAX_DEPTH",
+    show_envvar=True,
+    help="Deepest nesting of properties accepted (422 beyond).",
+)
+@click.option(
+    "--rate-limit-events-per-s",
+    default=0.0,
+    type=click.FloatRange(0),
+    envvar="TRUBRICS_RATE_LIMIT_EVENTS_PER_S",
+    show_envvar=True,
+    help="Events per second per project on this node, 0 for no limit (429 beyond).",
+)
+@click.option(
+    "--rate-limit-burst",
+    type=click.FloatRange(0),
+    envvar="TRUBRICS_RATE_LIMIT_BURST",
+    show_envvar=True,
+    help="Events a project may send at once before the rate applies [default: 1 s worth].",
+)
+@click.option(
     "--dedup-window-s",
     default=600.0,
     type=click.FloatRange(0),

@@ -24,6 +24,10 @@ class Settings:
     port: int = DEFAULT_PORT
     data_dir: Path = DEFAULT_DATA_DIR
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_event_bytes: int = 1024 * 1024
+    max_depth: int = 32  # nesting of properties; the properties object is level 1
+    rate_limit_events_per_s: float = 0.0  # per project and node; 0 means no limit
+    rate_limit_burst: float | None = None  # defaults to one second's worth
     cors_origins: tuple[str, ...] = ("*",)
     init_project: str | None = None
     init_api_key: str | None = field(default=None, repr=False)

@@ -76,6 +76,14 @@ class InvalidPayload(IngestionError):
     status = 422
 
 
+class RateLimited(IngestionError):
+    status = 429
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"Rate limit exceeded for this project; retry in {retry_after_s} s.")
+        self.headers = ((b"retry-after", str(retry_after_s).encode()),)
+
+
 class StorageUnavailable(IngestionError):
     """The batch could not be made durable: the client must retry, nothing was stored."""
 

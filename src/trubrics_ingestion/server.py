@@ -40,12 +40,7 @@ def serve(settings: Settings) -> None:
     cache = KeyCache(
         partial(keys.load_active_keys, conn), refresh_interval_s=settings.key_refresh_interval_s
     )
-    app = build_app(
-        keys=cache,
-        sink=journal,
-        max_body_bytes=settings.max_body_bytes,
-        cors_origins=settings.cors_origins,
-    )
+    app = build_app(settings, keys=cache, sink=journal)
     log.info(
         "trubrics-ingestion %s: data in %s, max body %d bytes, listening on http://%s:%d",
         version("trubrics-ingestion"),

@@ -1,0 +1,82 @@
+"""Configurable limits, each answered with a clear 4xx and a ``detail``."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from conftest import Node
+
+EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
+
+
+def nested(depth: int) -> dict[str, object]:
+    """A properties object of exactly ``depth`` levels."""
+    value: dict[str, object] = {"leaf": 1}
+    for _ in range(depth - 1):
+        value = {"n": value}
+    return value
+
+
+def test_property_nesting_depth_is_limited(make_node) -> None:  # type: ignore[no-untyped-def]
+    node: Node = make_node(env={"TRUBRICS_MAX_DEPTH": "5"})
+    ok = node.post("/publish_events", [{**EVENT, "properties": nested(5)}])
+    assert ok.status_code == 200
+    batch = [{**EVENT, "properties": nested(6)}, EVENT, {**EVENT, "properties": {"l": [[[[[1]]]]]}}]
+    response = node.post("/publish_events", batch)
+    assert response.status_code == 422
+    assert [(e["loc"], e["type"]) for e in response.json()["detail"]] == [
+        (["body", 0, "properties"], "too_deep"),
+        (["body", 2, "properties"], "too_deep"),
+    ]
+    assert len(node.export()) == 1
+
+
+def test_default_depth_accepts_32_levels_and_rejects_33(node: Node) -> None:
+    assert node.post("/publish_events", [{**EVENT, "properties": nested(32)}]).status_code == 200
+    assert node.post("/publish_events", [{**EVENT, "properties": nested(33)}]).status_code == 422
+
+
+def test_braces_inside_strings_do_not_fool_the_depth_check(make_node) -> None:  # type: ignore[no-untyped-def]
+    node: Node = make_node(env={"TRUBRICS_MAX_DEPTH": "3"})
+    props = {"text": "{[{[{[{[" * 10, "code": "}}}]]]" * 10}
+    assert node.post("/publish_events", [{**EVENT, "properties": props}]).status_code == 200
+
+
+def test_event_size_is_limited(make_node) -> None:  # type: ignore[no-untyped-def]
+    node: Node = make_node(env={"TRUBRICS_MAX_EVENT_BYTES": "2048"})
+    small = {**EVENT, "properties": {"text": "x" * 1000}}
+    big = {"user_id": "u", "prompt": "p", "generation": "y" * 3000}
+    assert node.post("/publish_events", [small, small, small]).status_code == 200
+    response = node.post(
+        "/publish_llm_events", [{**big, "prompt": "a"}, big, {**big, "generation": ""}]
+    )
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert [(e["loc"], e["type"]) for e in detail] == [
+        (["body", 0], "too_large"),
+        (["body", 1], "too_large"),
+    ]
+    assert "2048" in detail[0]["msg"]
+    assert len(node.export()) == 3
+
+
+def test_per_project_rate_limit(make_node) -> None:  # type: ignore[no-untyped-def]
+    node: Node = make_node(
+        env={"TRUBRICS_RATE_LIMIT_EVENTS_PER_S": "200", "TRUBRICS_RATE_LIMIT_BURST": "300"}
+    )
+    batch = [{**EVENT, "user_id": f"u{i}"} for i in range(100)]
+    statuses = [
+        node.post("/publish_events", [{**e, "event": f"b{n}"} for e in batch]).status_code
+        for n in range(4)
+    ]
+    assert statuses == [200, 200, 200, 429]
+    limited = node.post("/publish_events", [{**EVENT, "user_id": "late"}] * 100)
+    assert limited.status_code == 429 and limited.json()["detail"]
+    assert int(limited.headers["retry-after"]) >= 1
+    other = node.cli("keys", "create", "--project", "quiet", "--json").stdout
+    quiet = node.post("/publish_events", [EVENT], key=json.loads(other)["key"])
+    assert quiet.status_code == 200, "another project is not limited by the noisy one"
+    time.sleep(1.0)
+    assert node.post("/publish_events", [{**EVENT, "user_id": "later"}] * 100).status_code == 200
+    assert len(node.export()) == 3 * 100 + 1 + 100
