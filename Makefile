@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint bench clean
+.PHONY: install serve test lint bench fuzz clean
 
 install: $(STAMP)
 
@@ -18,7 +18,7 @@ serve: install
 	$(BIN)/trubrics-ingestion serve --host 127.0.0.1 --port 8000 --data-dir ./data
 
 lint: install
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench fuzz
 	$(BIN)/mypy
 
 test: install lint
@@ -28,6 +28,10 @@ test: install lint
 bench: install
 	bench/setup.sh
 	$(BIN)/python bench/run.py
+
+# Schemathesis against the served OpenAPI document, then a raw-bytes fuzz (not in `make test`).
+fuzz: install
+	$(BIN)/python fuzz/run.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
