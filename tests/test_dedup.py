@@ -99,10 +99,10 @@ class ResponseDroppingProxy:
     def _relay(self, client: socket.socket) -> None:
         with client, socket.create_connection(("127.0.0.1", self._upstream), timeout=30) as up:
             client.settimeout(30)
-            request = _read_request(client)
+            request = _read_message(client)
             self.paths.append(request.split(b" ")[1].decode())
             up.sendall(request)
-            response = up.recv(65536)
+            response = _read_message(up)
             if len(self.paths) > 1:
                 client.sendall(response)
 
@@ -110,7 +110,8 @@ class ResponseDroppingProxy:
         self._listener.close()
 
 
-def _read_request(sock: socket.socket) -> bytes:
+def _read_message(sock: socket.socket) -> bytes:
+    """One whole HTTP message (head and Content-Length body) from ``sock``."""
     data = b""
     while b"\r\n\r\n" not in data:
         data += sock.recv(65536)

@@ -18,7 +18,7 @@ import msgspec
 from starlette.middleware.cors import CORSMiddleware
 
 from .auth import KeyCache
-from .body import ClientDisconnected, read_body
+from .body import BodyBudget, ClientDisconnected, Hold, read_body
 from .config import Settings
 from .errors import IngestionError, InvalidIdempotencyKey, MethodNotAllowed, NotFound
 from .limits import PayloadLimits
@@ -66,6 +66,7 @@ class IngestionApp:
         max_body_bytes: int,
         limits: PayloadLimits,
         rate: RateLimiter,
+        budget: BodyBudget,
         openapi: bytes,
     ) -> None:
         self._keys = keys
@@ -73,6 +74,7 @@ class IngestionApp:
         self._max_body_bytes = max_body_bytes
         self._limits = limits
         self._rate = rate
+        self._budget = budget
         self._gets: dict[str, Callable[[], tuple[int, bytes]]] = {
             "/healthz": lambda: (200, b'{"status":"ok"}'),
             "/readyz": self._readiness,
@@ -116,7 +118,19 @@ class IngestionApp:
         received_at = time.time_ns() // 1000
         headers = dict(scope["headers"])
         project = self._keys.project_for(_header(headers, b"x-api-key"))
-        body = await read_body(receive, headers, self._max_body_bytes)
+        with self._budget.hold() as hold:
+            return await self._accept(project, kind, headers, receive, hold, received_at)
+
+    async def _accept(
+        self,
+        project: str,
+        kind: Kind,
+        headers: dict[bytes, bytes],
+        receive: Receive,
+        hold: Hold,
+        received_at: int,
+    ) -> tuple[int, bytes]:
+        body = await read_body(receive, headers, self._max_body_bytes, hold)
         items = decode_batch(body, kind)
         self._limits.check(body, items)
         idempotency_key = _idempotency_key(headers)
@@ -147,6 +161,7 @@ def build_app(settings: Settings, *, keys: KeyCache, sink: Sink) -> CORSMiddlewa
         rate=RateLimiter(
             events_per_s=settings.rate_limit_events_per_s, burst=settings.rate_limit_burst
         ),
+        budget=BodyBudget(settings.max_buffered_bytes),
         openapi=resources.files(__package__).joinpath("openapi.json").read_bytes(),
     )
     return CORSMiddleware(
@@ -175,5 +190,6 @@ def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
 async def _respond(
     send: Send, status: int, body: bytes, extra: Sequence[tuple[bytes, bytes]] = ()
 ) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [*_JSON, *extra]})
+    headers = [*_JSON, (b"content-length", b"%d" % len(body)), *extra]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

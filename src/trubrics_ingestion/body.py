@@ -1,17 +1,20 @@
-"""Reading a request body within a size limit, gzip included.
+"""Reading a request body within a size limit, gzip included, and within a memory budget.
 
 The limit holds for the bytes on the wire and again for the bytes after decompression,
 which is decompressed with an output cap: a gzip bomb costs at most ``limit`` bytes of
-memory before it gets its 413.
+memory before it gets its 413. Across all requests, the bodies held in memory at once
+stay within a ``BodyBudget``; a request that would exceed it gets a 503 to retry, so
+many slow uploads cannot add up to unbounded memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import zlib
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
-from .errors import InvalidGzip, PayloadTooLarge, UnsupportedEncoding
+from .errors import InvalidGzip, PayloadTooLarge, ServerBusy, UnsupportedEncoding
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 _IDENTITY = (b"", b"identity")
@@ -22,19 +25,51 @@ class ClientDisconnected(Exception):
     """The client went away before sending its whole body: there is nobody to answer."""
 
 
-async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
-    """The request body, decompressed, at most ``limit`` bytes."""
+class BodyBudget:
+    """Bytes of request bodies currently held, across all requests of this process."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.used = 0
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[Hold]:
+        """A reservation that grows as a body arrives and is released when the request ends."""
+        hold = Hold(self)
+        try:
+            yield hold
+        finally:
+            self.used -= hold.size
+
+
+class Hold:
+    def __init__(self, budget: BodyBudget) -> None:
+        self._budget = budget
+        self.size = 0
+
+    def take(self, size: int) -> None:
+        if self._budget.used + size > self._budget.max_bytes:
+            raise ServerBusy()
+        self._budget.used += size
+        self.size += size
+
+
+async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int, hold: Hold) -> bytes:
+    """The request body, decompressed, at most ``limit`` bytes, all of it held by ``hold``."""
     encoding = headers.get(b"content-encoding", b"").strip().lower()
     if encoding not in _IDENTITY and encoding not in _GZIP:
         raise UnsupportedEncoding()
     declared = headers.get(b"content-length", b"")
     if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(limit)
-    body = await _receive_all(receive, limit)
-    return _gunzip(body, limit) if encoding in _GZIP else body
+    body = await _receive_all(receive, limit, hold)
+    if encoding in _GZIP:
+        body = _gunzip(body, limit)
+        hold.take(len(body))
+    return body
 
 
-async def _receive_all(receive: Receive, limit: int) -> bytes:
+async def _receive_all(receive: Receive, limit: int, hold: Hold) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -43,6 +78,7 @@ async def _receive_all(receive: Receive, limit: int) -> bytes:
             raise ClientDisconnected()
         chunk = message.get("body", b"")
         size += len(chunk)
+        hold.take(len(chunk))
         if size > limit:
             raise PayloadTooLarge(limit)
         chunks.append(chunk)

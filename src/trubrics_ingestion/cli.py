@@ -17,22 +17,17 @@ import click
 import msgspec
 
 from . import events, keys, materialise, store
-from .config import (
-    DEFAULT_DATA_DIR,
-    DEFAULT_HOST,
-    DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_PORT,
-    Settings,
-)
+from .config import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
+DEFAULTS = Settings()  # every default lives in config.py
 
 
 def data_dir_option(command: F) -> F:
     return click.option(
         "--data-dir",
         type=click.Path(file_okay=False, path_type=Path),
-        default=DEFAULT_DATA_DIR,
+        default=DEFAULTS.data_dir,
         envvar="TRUBRICS_DATA_DIR",
         show_default=True,
         show_envvar=True,
@@ -62,10 +57,10 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--host", default=DEFAULT_HOST, envvar="TRUBRICS_HOST", show_envvar=True)
+@click.option("--host", default=DEFAULTS.host, envvar="TRUBRICS_HOST", show_envvar=True)
 @click.option(
     "--port",
-    default=DEFAULT_PORT,
+    default=DEFAULTS.port,
     type=click.IntRange(0, 65535),
     envvar="TRUBRICS_PORT",
     show_envvar=True,
@@ -73,7 +68,7 @@ def main() -> None:
 @data_dir_option
 @click.option(
     "--max-body-bytes",
-    default=DEFAULT_MAX_BODY_BYTES,
+    default=DEFAULTS.max_body_bytes,
     type=click.IntRange(1024),
     envvar="TRUBRICS_MAX_BODY_BYTES",
     show_envvar=True,
@@ -88,7 +83,7 @@ def main() -> None:
 )
 @click.option(
     "--max-event-bytes",
-    default=1024 * 1024,
+    default=DEFAULTS.max_event_bytes,
     type=click.IntRange(1024),
     envvar="TRUBRICS_MAX_EVENT_BYTES",
     show_envvar=True,
@@ -96,7 +91,7 @@ def main() -> None:
 )
 @click.option(
     "--max-depth",
-    default=32,
+    default=DEFAULTS.max_depth,
     type=click.IntRange(1),
     envvar="TRUBRICS_MAX_DEPTH",
     show_envvar=True,
@@ -104,7 +99,7 @@ def main() -> None:
 )
 @click.option(
     "--rate-limit-events-per-s",
-    default=0.0,
+    default=DEFAULTS.rate_limit_events_per_s,
     type=click.FloatRange(0),
     envvar="TRUBRICS_RATE_LIMIT_EVENTS_PER_S",
     show_envvar=True,
@@ -119,15 +114,55 @@ def main() -> None:
 )
 @click.option(
     "--dedup-window-s",
-    default=600.0,
+    default=DEFAULTS.dedup_window_s,
     type=click.FloatRange(0),
     envvar="TRUBRICS_DEDUP_WINDOW_S",
     show_envvar=True,
     help="A body repeated by the same project within this many seconds is a retry (0: off).",
 )
 @click.option(
+    "--max-head-bytes",
+    default=DEFAULTS.max_head_bytes,
+    type=click.IntRange(1024),
+    envvar="TRUBRICS_MAX_HEAD_BYTES",
+    show_envvar=True,
+    help="Largest request head (URL and headers) accepted (431 beyond).",
+)
+@click.option(
+    "--max-headers",
+    default=DEFAULTS.max_headers,
+    type=click.IntRange(1),
+    envvar="TRUBRICS_MAX_HEADERS",
+    show_envvar=True,
+    help="Most headers accepted in one request (431 beyond).",
+)
+@click.option(
+    "--request-timeout-s",
+    default=DEFAULTS.request_timeout_s,
+    type=click.FloatRange(0.1),
+    envvar="TRUBRICS_REQUEST_TIMEOUT_S",
+    show_envvar=True,
+    help="Time to receive a whole request before a 408 and a closed connection.",
+)
+@click.option(
+    "--max-connections",
+    default=DEFAULTS.max_connections,
+    type=click.IntRange(1),
+    envvar="TRUBRICS_MAX_CONNECTIONS",
+    show_envvar=True,
+    help="Open connections at once; more get a 503.",
+)
+@click.option(
+    "--max-buffered-bytes",
+    default=DEFAULTS.max_buffered_bytes,
+    type=click.IntRange(1024),
+    envvar="TRUBRICS_MAX_BUFFERED_BYTES",
+    show_envvar=True,
+    help="Request bodies held in memory at once, all requests together (503 beyond).",
+)
+@click.option(
     "--log-level",
-    default="info",
+    default=DEFAULTS.log_level,
     envvar="TRUBRICS_LOG_LEVEL",
     show_envvar=True,
     type=click.Choice(["debug", "info", "warning", "error"]),

@@ -9,21 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8000
-DEFAULT_DATA_DIR = Path("data")
-# 100 LLM events with long generations fit comfortably; larger bodies get a 413.
-DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
-
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """What one ingestion node needs to know to serve."""
 
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    data_dir: Path = DEFAULT_DATA_DIR
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("data")
+    max_body_bytes: int = 10 * 1024 * 1024  # 100 LLM events with long generations fit
     max_event_bytes: int = 1024 * 1024
     max_depth: int = 32  # nesting of properties; the properties object is level 1
     rate_limit_events_per_s: float = 0.0  # per project and node; 0 means no limit
@@ -33,6 +27,11 @@ class Settings:
     init_api_key: str | None = field(default=None, repr=False)
     key_refresh_interval_s: float = 0.5
     dedup_window_s: float = 600.0  # a repeated body within this window is a retry
+    max_head_bytes: int = 64 * 1024  # URL plus headers
+    max_headers: int = 100
+    request_timeout_s: float = 60.0  # to receive a whole request, head and body
+    max_connections: int = 1000
+    max_buffered_bytes: int = 256 * 1024 * 1024  # request bodies held in memory at once
     log_level: str = "info"
 
     @property

@@ -84,6 +84,12 @@ class RateLimited(IngestionError):
         self.headers = ((b"retry-after", str(retry_after_s).encode()),)
 
 
+class ServerBusy(IngestionError):
+    status = 503
+    detail = "The server is busy receiving other requests; nothing was stored. Retry shortly."
+    headers = ((b"retry-after", b"1"),)
+
+
 class StorageUnavailable(IngestionError):
     """The batch could not be made durable: the client must retry, nothing was stored."""
 

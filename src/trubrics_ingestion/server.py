@@ -23,6 +23,7 @@ from .auth import KeyCache, key_problem
 from .config import Settings
 from .journal import Journal
 from .materialise import Materialiser
+from .protocol import ConnectionLimits, LimitedHttpToolsProtocol
 
 log = logging.getLogger("trubrics_ingestion")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
@@ -62,12 +63,18 @@ def serve(settings: Settings) -> None:
 
 def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
     """The HTTP server settings, shared with the benchmark's validation-only floor."""
+    limits = ConnectionLimits(
+        max_head_bytes=settings.max_head_bytes,
+        max_headers=settings.max_headers,
+        request_timeout_s=settings.request_timeout_s,
+        max_connections=settings.max_connections,
+    )
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=LimitedHttpToolsProtocol.with_limits(limits),
         lifespan="off",
         access_log=False,
         server_header=False,
