@@ -415,14 +415,6 @@ class FailsOnce:
         return getattr(self._conn, name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="journal.Journal._admit: RecentBatches.remember() records the digest in memory"
-    " before its INSERT, and the digest joins `remembered` only after it returns; when the"
-    " INSERT raises, _commit's forget() misses it, so the retry of a 503'd batch is answered"
-    " 200 duplicate and never stored",
-)
 def test_a_batch_refused_after_a_disk_error_is_stored_when_retried(tmp_path: Path) -> None:
     """503 says "nothing was stored, retry"; the retry, with the identical body, as the
     SDKs send it, must then be stored, not waved through as an already-stored duplicate."""

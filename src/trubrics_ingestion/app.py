@@ -8,6 +8,7 @@ framework route: it is the hot path, and it is small.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
@@ -20,7 +21,13 @@ from starlette.middleware.cors import CORSMiddleware
 from .auth import KeyCache
 from .body import BodyBudget, ClientDisconnected, Hold, read_body
 from .config import Settings
-from .errors import IngestionError, InvalidIdempotencyKey, MethodNotAllowed, NotFound
+from .errors import (
+    IngestionError,
+    InvalidIdempotencyKey,
+    MethodNotAllowed,
+    NotFound,
+    ShuttingDown,
+)
 from .limits import PayloadLimits
 from .ratelimit import RateLimiter
 from .schema import Kind, decode_batch
@@ -88,6 +95,10 @@ class IngestionApp:
             status, body = await self._route(scope, receive)
         except ClientDisconnected:
             return
+        except asyncio.CancelledError:  # the graceful-shutdown deadline passed: say so, then go
+            error = ShuttingDown()
+            await _respond(send, error.status, _encode({"detail": error.detail}), error.headers)
+            raise
         except IngestionError as error:
             await _respond(send, error.status, _encode({"detail": error.detail}), error.headers)
             return

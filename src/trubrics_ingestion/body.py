@@ -87,13 +87,18 @@ async def _receive_all(receive: Receive, limit: int, hold: Hold) -> bytes:
 
 
 def _gunzip(data: bytes, limit: int) -> bytes:
-    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(data, limit + 1)
-    except zlib.error:
-        raise InvalidGzip() from None
-    if len(out) > limit:
-        raise PayloadTooLarge(limit)
-    if not inflater.eof:
-        raise InvalidGzip()
-    return out
+    """Inflate every gzip member (RFC 1952 allows several), never past ``limit`` bytes."""
+    out = bytearray()
+    while True:
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            out += inflater.decompress(data, limit + 1 - len(out))
+        except zlib.error:
+            raise InvalidGzip() from None
+        if len(out) > limit:
+            raise PayloadTooLarge(limit)
+        if not inflater.eof:
+            raise InvalidGzip()
+        data = inflater.unused_data
+        if not data:
+            return bytes(out)

@@ -153,6 +153,14 @@ def main() -> None:
     help="Open connections at once; more get a 503.",
 )
 @click.option(
+    "--shutdown-timeout-s",
+    default=DEFAULTS.shutdown_timeout_s,
+    type=click.FloatRange(0),
+    envvar="TRUBRICS_SHUTDOWN_TIMEOUT_S",
+    show_envvar=True,
+    help="After SIGTERM, how long in-flight requests may take before they get a 503.",
+)
+@click.option(
     "--max-buffered-bytes",
     default=DEFAULTS.max_buffered_bytes,
     type=click.IntRange(1024),

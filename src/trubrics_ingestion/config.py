@@ -31,6 +31,7 @@ class Settings:
     max_headers: int = 100
     request_timeout_s: float = 60.0  # to receive a whole request, head and body
     max_connections: int = 1000
+    shutdown_timeout_s: float = 8.0  # for in-flight requests after SIGTERM
     max_buffered_bytes: int = 256 * 1024 * 1024  # request bodies held in memory at once
     log_level: str = "info"
 

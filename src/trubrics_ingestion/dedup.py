@@ -76,12 +76,12 @@ class RecentBatches:
     def remember(self, conn: sqlite3.Connection, digest: bytes, body_digest: bytes) -> None:
         """Record a batch being journaled, inside the caller's transaction."""
         expires_at = time.time() + self._window_s
-        self._seen[digest] = (body_digest, expires_at)
-        self._seen.move_to_end(digest)
-        conn.execute(
+        conn.execute(  # first: if it fails, nothing is remembered that is not on disk
             "INSERT INTO dedup (digest, body_digest, expires_at) VALUES (?, ?, ?)",
             (digest, body_digest, expires_at),
         )
+        self._seen[digest] = (body_digest, expires_at)
+        self._seen.move_to_end(digest)
 
     def forget(self, digests: list[bytes]) -> None:
         """Undo ``remember`` for batches whose transaction rolled back."""

@@ -90,6 +90,12 @@ class ServerBusy(IngestionError):
     headers = ((b"retry-after", b"1"),)
 
 
+class ShuttingDown(IngestionError):
+    status = 503
+    detail = "The server is shutting down; this request may not have been stored. Retry."
+    headers = ((b"retry-after", b"1"),)
+
+
 class StorageUnavailable(IngestionError):
     """The batch could not be made durable: the client must retry, nothing was stored."""
 

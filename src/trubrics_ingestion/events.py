@@ -40,8 +40,13 @@ def parse_time(text: str) -> int:
 
 
 def format_time(micros: int) -> str:
-    """Microseconds since the epoch as ISO-8601 UTC with a ``Z``."""
-    return (_EPOCH + timedelta(microseconds=micros)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Microseconds since the epoch as ISO-8601 UTC with a ``Z`` (and always 4-digit years,
+    which ``strftime("%Y")`` does not give before year 1000)."""
+    t = _EPOCH + timedelta(microseconds=micros)
+    return (
+        f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}"
+        f".{t.microsecond:06d}Z"
+    )
 
 
 def count(conn: sqlite3.Connection, project: str | None = None) -> int:

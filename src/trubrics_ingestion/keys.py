@@ -103,7 +103,7 @@ class _change:
         if kind is None:
             self._conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'keys_version'")
             self._conn.execute("COMMIT")
-        else:
+        elif self._conn.in_transaction:
             self._conn.execute("ROLLBACK")
 
 

@@ -14,6 +14,7 @@ and a CLI reader both run it: whoever commits second finds its batches gone and 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -46,7 +47,9 @@ Journaled = tuple[int, str, str, int, bytes]
 def materialise(conn: sqlite3.Connection, *, max_batches: int = BATCHES_PER_STEP) -> int:
     """Turn up to ``max_batches`` of the oldest journal batches into events; returns how many.
 
-    Rows are built before taking the write lock, so the lock is held for the inserts only.
+    A batch that cannot become rows (a bug, or data that slipped past validation) is moved
+    to ``quarantine`` with its error instead of blocking every batch after it forever.
+    Errors of the environment (disk full, locked) are raised: the same batches are retried.
     """
     batches: list[Journaled] = conn.execute(
         "SELECT batch, project, source, received_at, body FROM journal ORDER BY batch LIMIT ?",
@@ -55,23 +58,56 @@ def materialise(conn: sqlite3.Connection, *, max_batches: int = BATCHES_PER_STEP
     if not batches:
         return 0
     node = meta(conn, "node_id")
+    try:
+        return _move(conn, batches, node)
+    except sqlite3.OperationalError:
+        raise
+    except Exception:  # one of them is bad: find it by moving them one at a time
+        return sum(_move_or_quarantine(conn, batch, node) for batch in batches)
+
+
+def _move_or_quarantine(conn: sqlite3.Connection, batch: Journaled, node: int) -> int:
+    try:
+        return _move(conn, [batch], node)
+    except sqlite3.OperationalError:
+        raise
+    except Exception as exc:
+        log.error("journal batch %d cannot be materialised, quarantined: %r", batch[0], exc)
+        with _write(conn):
+            conn.execute(
+                "INSERT INTO quarantine SELECT *, ?, ? FROM journal WHERE batch = ?",
+                (repr(exc), time.time_ns() // 1000, batch[0]),
+            )
+            conn.execute("DELETE FROM journal WHERE batch = ?", (batch[0],))
+        return 1
+
+
+def _move(conn: sqlite3.Connection, batches: list[Journaled], node: int) -> int:
+    """Rows in, batches out, in one transaction; the rows are built before the lock is taken."""
     rows = [row for batch in batches for row in _rows(batch, node)]
     first, last = batches[0][0], batches[-1][0]
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _write(conn):
         still_there = conn.execute(
             "SELECT count(*) FROM journal WHERE batch BETWEEN ? AND ?", (first, last)
         ).fetchone()[0]
         if still_there != len(batches):  # another materialiser got there first
-            conn.execute("ROLLBACK")
             return 0
         conn.executemany(_INSERT, rows)
-        conn.execute("DELETE FROM journal WHERE batch <= ?", (last,))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+        conn.execute("DELETE FROM journal WHERE batch BETWEEN ? AND ?", (first, last))
     return len(batches)
+
+
+@contextlib.contextmanager
+def _write(conn: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction: committed if the block ends normally, rolled back otherwise."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def catch_up(conn: sqlite3.Connection) -> None:

@@ -23,7 +23,8 @@ from .errors import InvalidPayload
 MAX_BATCH_ITEMS = 100
 
 NonEmptyStr = Annotated[str, Meta(min_length=1)]
-Seconds = Annotated[float, Meta(ge=0)]
+MAX_LATENCY_S = 7 * 24 * 3600  # longer is a mistake, and would push timestamps out of range
+Seconds = Annotated[float, Meta(ge=0, le=MAX_LATENCY_S)]
 Properties = dict[str, Any]
 
 
@@ -121,6 +122,8 @@ def _validation_error(loc: list[str | int], message: str) -> dict[str, Any]:
         kind = "string_too_short"
     elif message.startswith("Expected `float` >="):
         kind = "greater_than_equal"
+    elif message.startswith("Expected `float` <="):
+        kind = "less_than_equal"
     elif "RFC3339" in message or "datetime" in message:
         kind = "datetime_parsing"
     elif message.startswith("Expected `"):

@@ -63,6 +63,19 @@ MIGRATIONS = (
         expires_at REAL NOT NULL
     );
     """,
+    """
+    -- Journal batches that could not be turned into events, kept with the error for an
+    -- operator, so that one bad batch never blocks the ones after it.
+    CREATE TABLE quarantine (
+        batch INTEGER PRIMARY KEY,
+        project TEXT NOT NULL,
+        source TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        error TEXT NOT NULL,
+        quarantined_at INTEGER NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -75,7 +88,8 @@ def connect(database: Path) -> sqlite3.Connection:
     """Open (creating if needed) the store, in autocommit mode, migrated to the current schema."""
     _create_private(database)
     conn = sqlite3.connect(database, isolation_level=None, check_same_thread=False, timeout=10)
-    conn.execute("PRAGMA journal_mode=WAL")
+    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     migrate(conn)
     return conn
@@ -99,7 +113,8 @@ def migrate(conn: sqlite3.Connection) -> None:
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
 
 
