@@ -103,3 +103,20 @@ def test_concurrent_materialisers_store_each_event_once(tmp_path: Path) -> None:
         .fetchone()
     )
     assert ids == (30_000,)
+
+
+def test_a_batch_that_cannot_become_rows_is_quarantined_not_blocking(node: Node) -> None:
+    """Validation should make this impossible; if a bug lets one through, it must not stop
+    every later batch from becoming rows, and it must stay on disk for an operator."""
+    conn = sqlite3.connect(node.data_dir / "trubrics.db")
+    conn.execute(
+        "INSERT INTO journal (project, source, received_at, body) VALUES (?, ?, ?, ?)",
+        (node.project, "event", 1_780_000_000_000_000, b"[not json"),
+    )
+    conn.commit()
+    conn.close()
+    assert node.post("/publish_events", [EVENT] * 2).status_code == 200
+    wait_for(node.data_dir, 2)
+    conn = sqlite3.connect(node.data_dir / "trubrics.db")
+    ((body, error),) = conn.execute("SELECT body, error FROM quarantine").fetchall()
+    assert body == b"[not json" and "InvalidPayload" in error
