@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from pathlib import Path
 
 import requests
 
@@ -110,3 +111,35 @@ def test_buffered_bodies_are_bounded(make_node) -> None:  # type: ignore[no-unty
     hog.close()
     time.sleep(0.3)
     assert node.post("/publish_events", [EVENT]).status_code == 200
+
+
+def test_memory_stays_bounded_under_many_slow_uploads(make_node) -> None:  # type: ignore[no-untyped-def]
+    """200 clients each start a 1 MB upload and stall: without the budget that is 200 MB
+    held; with 16 MB of budget, most are refused at once and the process stays small."""
+    node: Node = make_node(env={"TRUBRICS_MAX_BUFFERED_BYTES": str(16 * 1024 * 1024)})
+    assert node.process is not None
+    status = Path(f"/proc/{node.process.pid}/status")
+    before = _rss_kib(status)
+    socks = []
+    try:
+        for _ in range(200):
+            sock = socket.create_connection(("127.0.0.1", node.port), timeout=10)
+            sock.sendall(
+                b"POST /publish_events HTTP/1.1\r\nhost: x\r\n"
+                + f"x-api-key: {node.key}\r\ncontent-length: 1048576\r\n\r\n".encode()
+                + b"["
+                + b" " * 1_000_000
+            )
+            socks.append(sock)
+        time.sleep(0.5)
+        grown_mib = (_rss_kib(status) - before) / 1024
+        assert grown_mib < 64, f"RSS grew by {grown_mib:.0f} MiB"
+        assert node.post("/publish_events", [EVENT]).status_code in (200, 503)
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _rss_kib(status: Path) -> int:
+    line = next(line for line in status.read_text().splitlines() if line.startswith("VmRSS"))
+    return int(line.split()[1])

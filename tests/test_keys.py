@@ -103,3 +103,26 @@ def test_init_env_seeds_a_project_and_key(make_node, tmp_path: Path) -> None:  #
     node.start()  # a second start with the same env must not duplicate the key
     assert len(node.cli("keys", "list").stdout.splitlines()) == 2
     assert seeded not in node.log()
+
+
+def test_rotation_without_downtime(node: Node) -> None:
+    """Two live keys for a project, clients move to the new one, then the old one is revoked."""
+    old_id = json.loads(node.cli("keys", "list", "--json").stdout)["id"]
+    new = create_key(node.data_dir, node.project)
+    for n, key in enumerate((node.key, new["key"])):
+        assert node.post("/publish_events", [{**EVENT, "user_id": f"both-{n}"}], key=key).ok
+    node.cli("keys", "revoke", old_id)
+    deadline = time.monotonic() + 2
+    while node.post("/publish_events", [{**EVENT, "user_id": "old"}]).status_code != 401:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert node.post("/publish_events", [{**EVENT, "user_id": "new"}], key=new["key"]).ok
+    stored = node.export()
+    assert {e["project"] for e in stored} == {node.project}
+    assert [e["user_id"] for e in stored if e["user_id"] != "old"] == ["both-0", "both-1", "new"]
+
+
+def test_wal_and_shm_files_are_private_too(node: Node) -> None:
+    assert node.post("/publish_events", [EVENT]).ok
+    for name in ("trubrics.db", "trubrics.db-wal", "trubrics.db-shm"):
+        assert (node.data_dir / name).stat().st_mode & 0o777 == 0o600, name
