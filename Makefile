@@ -23,6 +23,7 @@ lint: install
 
 test: install lint
 	tests/setup-node.sh
+	scripts/install-engines.sh
 	$(BIN)/python -m pytest -q
 
 bench: install
