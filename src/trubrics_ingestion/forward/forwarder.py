@@ -1,0 +1,340 @@
+"""Ship the node's materialised events to every configured engine, in order, at least once.
+
+Per engine, a worker reads up to ``batch_rows`` events after its cursor from the node's
+SQLite store, hands them to the engine's sink, and advances the cursor only once the
+engine has confirmed. A crash anywhere in between re-sends that batch, which the sinks
+write idempotently (keyed by the event id): each engine ends up with every event once.
+
+While the engine writes a batch, the worker already reads and encodes the next one in a
+second thread (the engine's wait releases the GIL): Python time and engine time overlap
+instead of adding up. A prefetched batch is used only if it still follows the cursor.
+
+Each engine has its own threads, cursor and backoff, so an engine that is down or slow
+never holds back the others. A failing engine is retried after 0.5 s, doubling up to
+30 s, with an error logged at every attempt: the forwarder itself never gives up and
+never crashes on an engine's account. The store keeps the backlog meanwhile (see
+``forward_status``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..store import connect
+from . import cursors
+from .clickhouse import ClickHouseSink
+from .cursors import SinkStatus
+from .postgres import PostgresSink
+from .sink import Sink
+from .urls import SinkUrl, SinkUrlError, parse_sink_url
+
+log = logging.getLogger("trubrics_ingestion.forward")
+
+BATCH_ROWS = 5000  # large batches: both engines pay per statement far more than per row
+IDLE_POLL_S = 0.2  # when everything is delivered: how soon new events leave the node
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 30.0
+PARENT_CHECK_S = 0.5
+PRUNE_EVERY_S = 60.0
+STOP_TIMEOUT_S = 10.0
+
+SinkFactory = Callable[[SinkUrl], Sink]
+
+
+def open_sink(url: SinkUrl) -> Sink:
+    """The sink for ``url``'s engine (no connection is made yet)."""
+    if url.kind == "postgresql":
+        return PostgresSink(url)
+    return ClickHouseSink(url)
+
+
+def parse_sink_urls(texts: Sequence[str | SinkUrl]) -> list[SinkUrl]:
+    """Parse the configured URLs; two URLs for one destination would share a cursor."""
+    urls = [text if isinstance(text, SinkUrl) else parse_sink_url(text) for text in texts]
+    seen: set[str] = set()
+    for url in urls:
+        if url.id in seen:
+            raise SinkUrlError(f"engine configured twice: {url.display}")
+        seen.add(url.id)
+    return urls
+
+
+class Backoff:
+    """Exponential delays between attempts at a failing engine."""
+
+    def __init__(self, start_s: float = BACKOFF_START_S, max_s: float = BACKOFF_MAX_S) -> None:
+        self.start_s = start_s
+        self.max_s = max_s
+        self.failures = 0
+
+    def failed(self) -> float:
+        """Count a failure; the delay before the next attempt (start, doubling, capped)."""
+        delay = min(self.start_s * 2.0 ** min(self.failures, 32), self.max_s)
+        self.failures += 1
+        return delay
+
+    def succeeded(self) -> int:
+        """Reset; returns how many failures preceded this success."""
+        failures, self.failures = self.failures, 0
+        return failures
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch read from the store and encoded for one engine, not yet sent."""
+
+    after: int  # the cursor it follows
+    last: int  # the seq of its last row: the cursor once the engine confirms
+    count: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class SinkHealth:
+    """What the forwarder itself knows about an engine, beyond the store's cursor."""
+
+    sink: str  # display name
+    consecutive_failures: int
+    last_error: str | None
+    retry_in_s: float  # 0 when not backing off
+
+
+class SinkWorker:
+    """Delivers one engine's backlog, one batch per ``step()``."""
+
+    def __init__(
+        self,
+        database: Path,
+        url: SinkUrl,
+        sink: Sink,
+        *,
+        batch_rows: int = BATCH_ROWS,
+        backoff_max_s: float = BACKOFF_MAX_S,
+    ) -> None:
+        self.url = url
+        self.sink = sink
+        self.batch_rows = batch_rows
+        self.backoff = Backoff(max_s=backoff_max_s)
+        self.last_error: str | None = None
+        self._retry_at = 0.0
+        self._migrated = False
+        self._conn = _open_store(database)  # cursor reads and writes
+        self._reader = _open_store(database)  # batch reads, used by one thread at a time
+        self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix=f"prefetch {url.id}")
+        self._next: Future[Prepared | None] | None = None
+
+    def step(self) -> int:
+        """Deliver the next batch; returns its size (0: nothing to send, backing off, or it
+        failed, which is logged and retried later)."""
+        if time.monotonic() < self._retry_at:
+            return 0
+        try:
+            return self._deliver()
+        except Exception as exc:  # engine down, rejected batch, store busy: retry later
+            self._failed(exc)
+            return 0
+
+    def pause_s(self) -> float:
+        """How long to wait before the next step when the last one delivered nothing."""
+        return max(self._retry_at - time.monotonic(), IDLE_POLL_S)
+
+    def health(self) -> SinkHealth:
+        retry_in = max(0.0, self._retry_at - time.monotonic())
+        return SinkHealth(self.url.display, self.backoff.failures, self.last_error, retry_in)
+
+    def close(self) -> None:
+        self._drop_prefetched()
+        self._prefetcher.shutdown(wait=True)
+        self.sink.close()
+        self._conn.close()
+        self._reader.close()
+
+    def _deliver(self) -> int:
+        after = cursors.cursor(self._conn, self.url.id)  # read each time: reset() takes effect
+        batch = self._take_prefetched(after) or self._prepare(after)
+        if batch is None:
+            return 0
+        if not self._migrated:
+            self.sink.migrate()
+            self._migrated = True
+        self._next = self._prefetcher.submit(self._prepare, batch.last)
+        self.sink.send(batch.payload, batch.count)
+        cursors.advance(self._conn, self.url.id, batch.last)
+        failures = self.backoff.succeeded()
+        if failures:
+            log.warning("%s: delivering again after %d failed attempts", self.url.display, failures)
+            self.last_error = None
+        return batch.count
+
+    def _prepare(self, after: int) -> Prepared | None:
+        """Read and encode the batch after seq ``after`` (None: nothing there yet)."""
+        rows = cursors.read_batch(self._reader, after, self.batch_rows)
+        if not rows:
+            return None
+        return Prepared(after, rows[-1][0], len(rows), self.sink.encode(rows))
+
+    def _take_prefetched(self, after: int) -> Prepared | None:
+        """The prefetched batch if it follows ``after``; always collects the prefetch, so
+        the reader connection is free for a synchronous read afterwards."""
+        future, self._next = self._next, None
+        if future is None:
+            return None
+        batch = future.result()
+        return batch if batch is not None and batch.after == after else None
+
+    def _drop_prefetched(self) -> None:
+        future, self._next = self._next, None
+        if future is not None:
+            future.exception()  # wait for it; its failure, if any, is moot
+
+    def _failed(self, exc: Exception) -> None:
+        """Back off, drop the connection, and migrate again on the next attempt (the
+        engine may come back without our tables)."""
+        delay = self.backoff.failed()
+        self._retry_at = time.monotonic() + delay
+        self._migrated = False
+        self._drop_prefetched()
+        self.sink.close()
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        message = "%s: forwarding failed (attempt %d), retrying in %.1f s: %s"
+        args = (self.url.display, self.backoff.failures, delay, self.last_error)
+        if self.backoff.failures == 1:
+            log.error(message, *args, exc_info=exc)
+        else:
+            log.error(message, *args)
+
+
+class Forwarder:
+    """The workers of every configured engine, stepped in turn or run in threads."""
+
+    def __init__(
+        self,
+        database: Path,
+        sink_urls: Sequence[str | SinkUrl],
+        *,
+        batch_rows: int = BATCH_ROWS,
+        backoff_max_s: float = BACKOFF_MAX_S,
+        make_sink: SinkFactory = open_sink,
+    ) -> None:
+        self.database = Path(database)
+        self.urls = parse_sink_urls(sink_urls)
+        self.workers = [
+            SinkWorker(
+                self.database,
+                url,
+                make_sink(url),
+                batch_rows=batch_rows,
+                backoff_max_s=backoff_max_s,
+            )
+            for url in self.urls
+        ]
+
+    def step(self) -> int:
+        """One batch for each engine that is not backing off; rows delivered in total."""
+        return sum(worker.step() for worker in self.workers)
+
+    def status(self) -> list[SinkStatus]:
+        return forward_status(self.database, self.urls)
+
+    def health(self) -> list[SinkHealth]:
+        return [worker.health() for worker in self.workers]
+
+    def run(
+        self,
+        stop: threading.Event,
+        *,
+        parent_pid: int | None = None,
+        retention_s: float | None = None,
+    ) -> None:
+        """Run every worker in its own thread until ``stop`` is set or ``parent_pid`` is
+        no longer our parent; prune delivered events every minute if ``retention_s``."""
+        threads = [
+            threading.Thread(
+                target=_work, args=(worker, stop), name=f"forward {worker.url.id}", daemon=True
+            )
+            for worker in self.workers
+        ]
+        for thread in threads:
+            thread.start()
+        next_prune = time.monotonic()
+        try:
+            while not stop.wait(PARENT_CHECK_S):
+                if parent_pid is not None and os.getppid() != parent_pid:
+                    log.info("parent process %d is gone; the forwarder stops", parent_pid)
+                    break
+                if retention_s is not None and time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + PRUNE_EVERY_S
+                    self._prune(retention_s)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(STOP_TIMEOUT_S)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.close()
+
+    def _prune(self, retention_s: float) -> None:
+        try:
+            conn = _open_store(self.database)
+            try:
+                ids = [url.id for url in self.urls]
+                deleted = cursors.prune(conn, ids, retention_s)
+            finally:
+                conn.close()
+        except Exception:  # pruning is housekeeping: never stop forwarding for it
+            log.exception("pruning delivered events failed; will retry")
+            return
+        if deleted:
+            log.info("pruned %d delivered events older than %s s", deleted, retention_s)
+
+
+def _work(worker: SinkWorker, stop: threading.Event) -> None:
+    while not stop.is_set():
+        if not worker.step():
+            stop.wait(worker.pause_s())
+
+
+def _open_store(database: Path) -> sqlite3.Connection:
+    """The node's store, with the cursor table. ``synchronous=NORMAL``: a cursor lost in a
+    power cut only means a batch is delivered again, idempotently."""
+    conn = connect(database)
+    conn.execute("PRAGMA synchronous=NORMAL")
+    cursors.ensure_table(conn)
+    return conn
+
+
+def forward_status(database: Path, sink_urls: Sequence[str | SinkUrl]) -> list[SinkStatus]:
+    """Backlog and oldest undelivered age per engine, read from the store read-only."""
+    return cursors.read_status(Path(database), [url.id for url in parse_sink_urls(sink_urls)])
+
+
+def run_forever(
+    database_path: Path,
+    sink_urls: Sequence[str | SinkUrl],
+    parent_pid: int | None = None,
+    *,
+    stop: threading.Event | None = None,
+    retention_s: float | None = None,
+    batch_rows: int = BATCH_ROWS,
+    backoff_max_s: float = BACKOFF_MAX_S,
+) -> None:
+    """Forward until ``stop`` is set (when run in a thread) or ``parent_pid`` is gone (when
+    run in a child process). A bad URL raises at once; an engine being down never does."""
+    forwarder = Forwarder(
+        Path(database_path), sink_urls, batch_rows=batch_rows, backoff_max_s=backoff_max_s
+    )
+    try:
+        forwarder.run(stop or threading.Event(), parent_pid=parent_pid, retention_s=retention_s)
+    finally:
+        forwarder.close()

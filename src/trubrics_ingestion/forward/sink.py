@@ -1,0 +1,64 @@
+"""What every engine sink offers the forwarder, and the rows it is handed.
+
+A sink owns its connection and opens it lazily, so that constructing one never fails
+because an engine is down: the forwarder calls ``migrate()`` before the first batch and
+again after every failure (the engine may have come back empty), then sends batches.
+A sink raises on any failure and the forwarder retries the same rows later, so sending
+must be idempotent: writing a row twice leaves the engine as if it had been written once
+(keyed by the event id).
+
+Sending is split in two, ``encode()`` (pure Python work, no I/O) and ``send()`` (the
+engine's work), so that the forwarder can read and encode the next batch in another
+thread while the engine is busy with this one: on a small machine that overlap is what
+lifts throughput from "Python time plus engine time" towards the larger of the two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+# One ``events`` row of the node's SQLite store, in this column order.
+COLUMNS = (
+    "seq",
+    "id",
+    "project",
+    "user_id",
+    "event",
+    "timestamp",
+    "thread_id",
+    "properties",
+    "received_at",
+    "source",
+)
+Row = tuple[int, str, str, str, str, int, str | None, str, int, str]
+
+
+class Sink(Protocol):
+    """An engine that receives the node's events."""
+
+    @property
+    def name(self) -> str:
+        """The engine's URL without its password, for logs and status."""
+        ...
+
+    def migrate(self) -> None:
+        """Create or upgrade the engine's tables; safe to repeat, also from several nodes."""
+        ...
+
+    def encode(self, rows: Sequence[Row]) -> bytes:
+        """The engine's wire form of ``rows``; no I/O, safe to call from another thread."""
+        ...
+
+    def send(self, payload: bytes, count: int) -> None:
+        """Write an ``encode()``d batch of ``count`` rows durably, or raise. Rows already
+        present must not be duplicated."""
+        ...
+
+    def send_batch(self, rows: Sequence[Row]) -> None:
+        """``send(encode(rows), len(rows))``."""
+        ...
+
+    def close(self) -> None:
+        """Drop the connection (the next call reconnects); never raises."""
+        ...
