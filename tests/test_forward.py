@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from trubrics_ingestion.forward import (
     SinkUrlError,
     cursors,
     forward_status,
+    open_sink,
     parse_sink_url,
     prune,
     run_forever,
@@ -510,3 +512,46 @@ def test_urls_are_parsed_redacted_and_keyed_by_destination() -> None:
         with pytest.raises(SinkUrlError) as error:
             parse_sink_url(bad)
         assert "pw@" not in str(error.value)
+
+
+# --- the sinks on their own ------------------------------------------------------------------
+
+
+def test_postgres_migrations_are_idempotent_and_safe_concurrently(targets: Targets) -> None:
+    sinks = [open_sink(parse_sink_url(targets.pg_url)) for _ in range(4)]
+    threads = [threading.Thread(target=sink.migrate) for sink in sinks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    sinks[0].migrate()
+    for sink in sinks:
+        sink.close()
+    assert targets.pg("SELECT component, version FROM trubrics_schema") == [("events", 1)]
+    indexes = targets.pg("SELECT indexname FROM pg_indexes WHERE tablename = 'events'")
+    assert {name for (name,) in indexes} == {"events_pkey", "events_by_time", "events_by_thread"}
+
+
+def test_clickhouse_without_cluster_and_after_an_idle_keepalive(
+    store: sqlite3.Connection, targets: Targets
+) -> None:
+    """Without ``?cluster``, ``events`` is the ReplacingMergeTree itself; a kept-alive
+    connection that turns out closed (ClickHouse drops idle ones) is reopened, no failure."""
+    add_events(store, 300)
+    url = targets.ch_url.split("?")[0]
+    sink = open_sink(parse_sink_url(url))
+    rows = cursors.read_batch(store, 0, 1000)
+    try:
+        sink.migrate()
+        sink.send_batch(rows[:200])
+        connection = sink._conn  # type: ignore[attr-defined]
+        assert connection.sock is not None  # kept alive after the insert
+        connection.sock.shutdown(socket.SHUT_RDWR)  # as when the server drops an idle one
+        sink.send_batch(rows)  # 200 again, 100 new
+    finally:
+        sink.close()
+    engine = targets.ch(
+        f"SELECT engine FROM system.tables WHERE database = '{targets.name}' AND name = 'events'"
+    )
+    assert engine.strip() == "ReplacingMergeTree"
+    assert targets.ch_count() == 300

@@ -38,6 +38,7 @@ import msgspec
 from .sink import Row
 from .urls import SinkUrl
 
+CONNECT_TIMEOUT_S = 10.0
 INSERT_TIMEOUT_S = 120.0
 DDL_TIMEOUT_S = 300.0  # ON CLUSTER waits for every shard (distributed_ddl_task_timeout)
 MIN_DATETIME = 0
@@ -192,11 +193,17 @@ class ClickHouseSink:
             raise
 
     def _connection(self, timeout_s: float) -> http.client.HTTPConnection:
+        """Connected (within ``CONNECT_TIMEOUT_S``: an unreachable host fails fast) and
+        with ``timeout_s`` for this request's answer."""
         if self._conn is None:
-            self._conn = http.client.HTTPConnection(self._url.host, self._url.port)
-        self._conn.timeout = timeout_s
-        if self._conn.sock is not None:
-            self._conn.sock.settimeout(timeout_s)
+            self._conn = http.client.HTTPConnection(
+                self._url.host, self._url.port, timeout=CONNECT_TIMEOUT_S
+            )
+        if self._conn.sock is None:
+            self._conn.connect()
+        sock = self._conn.sock
+        assert sock is not None  # connect() sets it or raises
+        sock.settimeout(timeout_s)
         return self._conn
 
 

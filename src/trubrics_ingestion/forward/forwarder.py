@@ -18,6 +18,7 @@ never crashes on an engine's account. The store keeps the backlog meanwhile (see
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -203,8 +204,9 @@ class SinkWorker:
         self._migrated = False
         self._drop_prefetched()
         self.sink.close()
-        if self._conn.in_transaction:
-            self._conn.execute("ROLLBACK")
+        with contextlib.suppress(sqlite3.Error):  # a broken store must not end the thread
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
         self.last_error = f"{type(exc).__name__}: {exc}"
         message = "%s: forwarding failed (attempt %d), retrying in %.1f s: %s"
         args = (self.url.display, self.backoff.failures, delay, self.last_error)
@@ -300,8 +302,15 @@ class Forwarder:
 
 
 def _work(worker: SinkWorker, stop: threading.Event) -> None:
+    """One engine's thread. ``step()`` handles its own failures; anything escaping it is a
+    bug, which is logged and waited out rather than allowed to end the thread."""
     while not stop.is_set():
-        if not worker.step():
+        try:
+            delivered = worker.step()
+        except Exception:
+            log.exception("%s: unexpected forwarder error; continuing", worker.url.display)
+            delivered = 0
+        if not delivered:
             stop.wait(worker.pause_s())
 
 
