@@ -4,6 +4,8 @@
 -- The key comes from the BENCH_API_KEY environment variable (bench/run.py sets it). The
 -- body is built once per thread from a fixed seed; each request then stamps a unique
 -- "batch" marker into it, because the server rightly stores a repeated body only once.
+-- BENCH_RUN (a fresh token per wrk run) keeps markers unique across the warm-up and the
+-- measured run against the same server: otherwise the second run repeats the first's.
 -- done() prints one line starting with "BENCH_RESULT " holding JSON, which run.py reads:
 -- counts are exact there (requests started, 200s, non-200s), latencies in microseconds.
 
@@ -11,6 +13,8 @@ local key = os.getenv("BENCH_API_KEY")
 if key == nil or key == "" then
    error("BENCH_API_KEY is not set")
 end
+
+local run = os.getenv("BENCH_RUN") or ""
 
 local USERS = 40
 local EVENTS = {
@@ -118,7 +122,7 @@ end
 
 function request()
    started = started + 1
-   local body = head .. string.format("t%d-r%d-", thread_id, started) .. tail
+   local body = head .. string.format("%s-t%d-r%d-", run, thread_id, started) .. tail
    return wrk.format(nil, nil, nil, body)
 end
 

@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import secrets
 import signal
 import socket
 import sqlite3
@@ -221,7 +222,7 @@ def run_wrk(server: Server, seconds: int, opts: Options) -> Load:
         str(SCRIPT),
         server.url,
     ]
-    env = {**os.environ, "BENCH_API_KEY": server.key}
+    env = {**os.environ, "BENCH_API_KEY": server.key, "BENCH_RUN": secrets.token_hex(4)}
     done = subprocess.run(
         command, capture_output=True, text=True, env=env, timeout=seconds + 60, check=False
     )
