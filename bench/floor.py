@@ -1,7 +1,8 @@
 """The validation-only floor: the real HTTP stack with storage switched off.
 
-Same ``build_app``, same ``uvicorn_config`` (uvloop + httptools), same ``KeyCache`` over a
-real key in a real store; only the sink differs: ``append`` returns at once. What this
+Same ``build_app``, same ``uvicorn_config`` (uvloop + httptools), same JSON logging (the
+access log included), same ``KeyCache`` over a real key in a real store; only the sink
+differs: ``append`` returns at once. What this
 serves per second is the ceiling for the durable server on the same machine, so
 durable/floor isolates what durability costs. Bench-only: the product has no way to
 turn storage off, on purpose.
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import uvicorn
 
-from trubrics_ingestion import keys, store
+from trubrics_ingestion import keys, logs, store
 from trubrics_ingestion.app import build_app
 from trubrics_ingestion.auth import KeyCache
 from trubrics_ingestion.config import Settings
@@ -56,6 +57,7 @@ def ensure_key(conn: sqlite3.Connection, project: str = "bench") -> None:
 
 def serve(settings: Settings) -> None:
     """Serve the floor until SIGTERM/SIGINT, with the product's own uvicorn settings."""
+    logs.configure(settings.log_level)  # as ``server.serve`` does: records cost the same
     conn = store.connect(settings.database_path)
     ensure_key(conn)
     cache = KeyCache(

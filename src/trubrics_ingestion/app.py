@@ -4,6 +4,11 @@ A publish request flows one way: key -> project (``auth``), body within limits
 (``body``), decode and validate (``schema``), then the sink (the journal) makes it
 durable, and only then the 200 goes out. This is a plain ASGI class rather than a
 framework route: it is the hot path, and it is small.
+
+Every request, CORS preflights included, is counted in ``metrics`` and gets one line in
+the access log once answered: the app wraps Starlette's CORS middleware, which wraps the
+routing, and what the routing learns (project, events stored, why refused) reaches the
+outer layer in an ``Exchange`` kept in the ASGI scope.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from .errors import (
     ShuttingDown,
 )
 from .limits import PayloadLimits
+from .logs import AccessLog
+from .metrics import CONTENT_TYPE, ENDPOINTS, Metrics
 from .ratelimit import RateLimiter
 from .schema import Kind, decode_batch
 
@@ -39,10 +46,18 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+Headers = Sequence[tuple[bytes, bytes]]
+Reply = tuple[int, bytes, Headers]
+
 PREFIX = "/api/ingestion"  # the hosted service's path; both host styles work
 PUBLISH: dict[str, Kind] = {"/publish_events": "event", "/publish_llm_events": "llm"}
 EXPANSION: dict[Kind, int] = {"event": 1, "llm": 2}  # stored events per item
-_JSON = [(b"content-type", b"application/json")]
+CLOSED_BY_CLIENT = 499  # nginx's status for a client gone before its answer: logs only
+MAX_LOGGED_PATH = 256  # a 404's path is the client's text: bounded in the access log
+_JSON: Headers = ((b"content-type", b"application/json"),)
+_TEXT: Headers = ((b"content-type", CONTENT_TYPE.encode()),)
+_EXCHANGE = "trubrics.exchange"
+_KNOWN = frozenset(ENDPOINTS)
 _encode = msgspec.json.Encoder().encode
 
 
@@ -62,8 +77,24 @@ class Sink(Protocol):
     def ready(self) -> bool: ...
 
 
+class Exchange:
+    """What one request came to: filled in by the routing, read once it is answered."""
+
+    __slots__ = ("body_bytes", "endpoint", "events", "path", "project", "reason", "status")
+
+    def __init__(self, path: str, endpoint: str) -> None:
+        self.path = path  # normalised: no prefix, no doubled or trailing slash
+        self.endpoint = endpoint  # a metrics label: a known route, or "other"
+        self.status = CLOSED_BY_CLIENT  # until an answer starts
+        self.project: str | None = None
+        self.events = 0  # stored
+        self.body_bytes: int | None = None
+        self.reason: str | None = None  # why a publish request was refused
+
+
 class IngestionApp:
-    """Serves the two publish endpoints plus health, readiness and the OpenAPI document."""
+    """Serves the two publish endpoints plus health, readiness, metrics and the OpenAPI
+    document, behind CORS so browsers can publish; counts and logs every request."""
 
     def __init__(
         self,
@@ -75,6 +106,9 @@ class IngestionApp:
         rate: RateLimiter,
         budget: BodyBudget,
         openapi: bytes,
+        metrics: Metrics,
+        access_log: AccessLog | None,
+        cors_origins: Sequence[str],
     ) -> None:
         self._keys = keys
         self._sink = sink
@@ -82,55 +116,110 @@ class IngestionApp:
         self._limits = limits
         self._rate = rate
         self._budget = budget
-        self._gets: dict[str, Callable[[], tuple[int, bytes]]] = {
-            "/healthz": lambda: (200, b'{"status":"ok"}'),
+        self._metrics = metrics
+        self._access_log = access_log
+        self._gets: dict[str, Callable[[], Reply]] = {
+            "/healthz": lambda: (200, b'{"status":"ok"}', _JSON),
             "/readyz": self._readiness,
-            "/openapi.json": lambda: (200, openapi),
+            "/openapi.json": lambda: (200, openapi, _JSON),
+            "/metrics": lambda: (200, metrics.exposition(), _TEXT),
         }
+        self._cors = CORSMiddleware(
+            self._handle,
+            allow_origins=cors_origins,
+            allow_methods=("GET", "POST", "OPTIONS"),
+            allow_headers=("content-type", "content-encoding", "x-api-key", "idempotency-key"),
+            max_age=3600,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        started = time.perf_counter()
+        path = _normalise(scope["path"])
+        exchange = Exchange(path, path if path in _KNOWN else "other")
+        scope[_EXCHANGE] = exchange
+        if scope["method"] == "OPTIONS":  # preflights are answered by the CORS middleware
+            send = _watching(send, exchange)
         try:
-            status, body = await self._route(scope, receive)
+            await self._cors(scope, receive, send)
+        finally:
+            self._done(scope, exchange, time.perf_counter() - started)
+
+    def _done(self, scope: Scope, exchange: Exchange, seconds: float) -> None:
+        """Count the request, and log it: never a header, so never a key."""
+        self._metrics.request(exchange.endpoint, exchange.status, seconds)
+        if exchange.reason is not None:
+            self._metrics.rejected(exchange.reason, exchange.project)
+        elif exchange.events:
+            self._metrics.accepted(exchange.project or "", exchange.events)
+        if self._access_log is not None:
+            path: str = scope["path"]
+            self._access_log.write(
+                {
+                    "method": scope["method"],
+                    "path": path if len(path) <= MAX_LOGGED_PATH else path[:MAX_LOGGED_PATH],
+                    "status": exchange.status,
+                    "project": exchange.project,
+                    "events": exchange.events,
+                    "body_bytes": exchange.body_bytes,
+                    "latency_ms": round(seconds * 1000, 3),
+                    "reason": exchange.reason,
+                }
+            )
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        exchange: Exchange = scope[_EXCHANGE]
+        try:
+            status, body, headers = await self._route(scope, receive, exchange)
         except ClientDisconnected:
+            exchange.reason = "disconnected"
             return
         except asyncio.CancelledError:  # the graceful-shutdown deadline passed: say so, then go
-            error = ShuttingDown()
-            await _respond(send, error.status, _encode({"detail": error.detail}), error.headers)
+            await self._refuse(send, exchange, ShuttingDown())
             raise
         except IngestionError as error:
-            await _respond(send, error.status, _encode({"detail": error.detail}), error.headers)
+            await self._refuse(send, exchange, error)
             return
         except Exception:  # a bug of ours: say so without leaking internals
-            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            await _respond(send, 500, b'{"detail":"Internal server error."}')
+            log.exception("unhandled error on %s %s", scope["method"], exchange.path)
+            if exchange.endpoint in PUBLISH:
+                exchange.reason = "internal_error"
+            exchange.status = 500
+            await _respond(send, 500, b'{"detail":"Internal server error."}', _JSON)
             return
-        await _respond(send, status, body)
+        exchange.status = status
+        await _respond(send, status, body, headers)
 
-    async def _route(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
-        path: str = scope["path"]
-        if "//" in path or path.endswith("/"):  # SDK hosts given with a trailing slash
-            path = "/" + "/".join(part for part in path.split("/") if part)
-        if path.startswith(PREFIX + "/"):
-            path = path[len(PREFIX) :]
+    async def _refuse(self, send: Send, exchange: Exchange, error: IngestionError) -> None:
+        if exchange.endpoint in PUBLISH and not isinstance(error, MethodNotAllowed):
+            exchange.reason = error.reason
+        exchange.status = error.status
+        body = _encode({"detail": error.detail})
+        await _respond(send, error.status, body, _JSON, error.headers)
+
+    async def _route(self, scope: Scope, receive: Receive, exchange: Exchange) -> Reply:
+        path = exchange.path
         method: str = scope["method"]
         if path in PUBLISH:
             if method != "POST":
                 raise MethodNotAllowed("POST")
-            return await self._publish(scope, receive, PUBLISH[path])
+            return await self._publish(scope, receive, PUBLISH[path], exchange)
         if path in self._gets:
             if method not in ("GET", "HEAD"):
                 raise MethodNotAllowed("GET, HEAD")
             return self._gets[path]()
         raise NotFound()
 
-    async def _publish(self, scope: Scope, receive: Receive, kind: Kind) -> tuple[int, bytes]:
+    async def _publish(
+        self, scope: Scope, receive: Receive, kind: Kind, exchange: Exchange
+    ) -> Reply:
         received_at = time.time_ns() // 1000
         headers = dict(scope["headers"])
         project = self._keys.project_for(_header(headers, b"x-api-key"))
+        exchange.project = project
         with self._budget.hold() as hold:
-            return await self._accept(project, kind, headers, receive, hold, received_at)
+            return await self._accept(project, kind, headers, receive, hold, received_at, exchange)
 
     async def _accept(
         self,
@@ -140,29 +229,35 @@ class IngestionApp:
         receive: Receive,
         hold: Hold,
         received_at: int,
-    ) -> tuple[int, bytes]:
+        exchange: Exchange,
+    ) -> Reply:
         body = await read_body(receive, headers, self._max_body_bytes, hold)
+        exchange.body_bytes = len(body)
         items = decode_batch(body, kind)
         self._limits.check(body, items)
         idempotency_key = _idempotency_key(headers)
         if not items:
-            return 200, b'{"status":"success","events":0}'
+            return 200, b'{"status":"success","events":0}', _JSON
         events = len(items) * EXPANSION[kind]
         self._rate.take(project, events)
         stored = await self._sink.append(project, kind, body, received_at, idempotency_key)
         if stored:
-            return 200, b'{"status":"success","events":%d}' % events
-        return 200, b'{"status":"success","events":%d,"duplicate":true}' % events
+            exchange.events = events
+            return 200, b'{"status":"success","events":%d}' % events, _JSON
+        self._metrics.dedup_hit()
+        return 200, b'{"status":"success","events":%d,"duplicate":true}' % events, _JSON
 
-    def _readiness(self) -> tuple[int, bytes]:
+    def _readiness(self) -> Reply:
         if self._sink.ready():
-            return 200, b'{"status":"ready"}'
-        return 503, b'{"detail":"The journal writer is not running."}'
+            return 200, b'{"status":"ready"}', _JSON
+        return 503, b'{"detail":"The journal writer is not running."}', _JSON
 
 
-def build_app(settings: Settings, *, keys: KeyCache, sink: Sink) -> CORSMiddleware:
-    """The ingestion app, configured by ``settings``, behind CORS so browsers can publish."""
-    app = IngestionApp(
+def build_app(
+    settings: Settings, *, keys: KeyCache, sink: Sink, metrics: Metrics | None = None
+) -> IngestionApp:
+    """The ingestion app, configured by ``settings``. Without ``metrics``, it makes its own."""
+    return IngestionApp(
         keys=keys,
         sink=sink,
         max_body_bytes=settings.max_body_bytes,
@@ -174,14 +269,32 @@ def build_app(settings: Settings, *, keys: KeyCache, sink: Sink) -> CORSMiddlewa
         ),
         budget=BodyBudget(settings.max_buffered_bytes),
         openapi=resources.files(__package__).joinpath("openapi.json").read_bytes(),
+        metrics=metrics
+        if metrics is not None
+        else Metrics(database=settings.database_path, per_project=settings.metrics_per_project),
+        access_log=AccessLog() if settings.access_log else None,
+        cors_origins=settings.cors_origins,
     )
-    return CORSMiddleware(
-        app,
-        allow_origins=settings.cors_origins,
-        allow_methods=("GET", "POST", "OPTIONS"),
-        allow_headers=("content-type", "content-encoding", "x-api-key", "idempotency-key"),
-        max_age=3600,
-    )
+
+
+def _normalise(path: str) -> str:
+    """The route a path names: SDK hosts given with a trailing slash, the hosted prefix."""
+    if "//" in path or path.endswith("/"):
+        path = "/" + "/".join(part for part in path.split("/") if part)
+    if path.startswith(PREFIX + "/"):
+        path = path[len(PREFIX) :]
+    return path
+
+
+def _watching(send: Send, exchange: Exchange) -> Send:
+    """``send``, noting the status: for answers sent by the CORS middleware itself."""
+
+    async def watched(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            exchange.status = message["status"]
+        await send(message)
+
+    return watched
 
 
 def _idempotency_key(headers: dict[bytes, bytes]) -> str | None:
@@ -199,8 +312,8 @@ def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
 
 
 async def _respond(
-    send: Send, status: int, body: bytes, extra: Sequence[tuple[bytes, bytes]] = ()
+    send: Send, status: int, body: bytes, content: Headers, extra: Headers = ()
 ) -> None:
-    headers = [*_JSON, (b"content-length", b"%d" % len(body)), *extra]
+    headers = [*content, (b"content-length", b"%d" % len(body)), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

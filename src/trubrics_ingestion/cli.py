@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import click
 import msgspec
 
-from . import events, keys, materialise, store
+from . import events, keys, logs, materialise, store
 from .config import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -175,6 +175,21 @@ def main() -> None:
     show_envvar=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+@click.option(
+    "--access-log/--no-access-log",
+    default=DEFAULTS.access_log,
+    envvar="TRUBRICS_ACCESS_LOG",
+    show_envvar=True,
+    help="One JSON line per request (at log level info).",
+)
+@click.option(
+    "--metrics-per-project",
+    is_flag=True,
+    default=DEFAULTS.metrics_per_project,
+    envvar="TRUBRICS_METRICS_PER_PROJECT",
+    show_envvar=True,
+    help="Label the event counters of /metrics by project (a series per project).",
+)
 def serve(cors_origins: str, **options: Any) -> None:
     """Serve the ingestion API."""
     from .server import serve as run  # imports uvicorn only for this command
@@ -274,6 +289,7 @@ def events_materialise(follow: bool, parent_pid: int | None, data_dir: Path) -> 
     """Turn journaled batches into per-event rows (the server runs this in the background)."""
     database = Settings(data_dir=data_dir).database_path
     if follow:
+        logs.configure()  # the server's child: its lines join the server's, as JSON
         with contextlib.suppress(KeyboardInterrupt):
             materialise.follow(database, parent_pid=parent_pid)
     else:

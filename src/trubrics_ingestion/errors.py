@@ -2,7 +2,8 @@
 
 Handlers raise these; only ``app.py`` turns them into responses, so a status code is
 chosen in exactly one place and an unexpected exception can never leak as a 500 with a
-stack trace for something the client did.
+stack trace for something the client did. Each also has a ``reason``: a short fixed label
+for metrics and the access log (``REJECTION_REASONS`` lists every one).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ class IngestionError(Exception):
     status: int = 400
     detail: Any = "Bad request."
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    reason: str = "bad_request"
 
     def __init__(self, detail: Any = None) -> None:
         if detail is not None:
@@ -25,16 +27,19 @@ class IngestionError(Exception):
 
 class Unauthorized(IngestionError):
     status = 401
+    reason = "unauthorized"
     detail = "Missing or invalid x-api-key."
 
 
 class NotFound(IngestionError):
     status = 404
+    reason = "not_found"
     detail = "Not found."
 
 
 class MethodNotAllowed(IngestionError):
     status = 405
+    reason = "method_not_allowed"
     detail = "Method not allowed."
 
     def __init__(self, allowed: str) -> None:
@@ -44,6 +49,7 @@ class MethodNotAllowed(IngestionError):
 
 class PayloadTooLarge(IngestionError):
     status = 413
+    reason = "payload_too_large"
     detail = "Request body is too large."
 
     def __init__(self, limit_bytes: int) -> None:
@@ -52,32 +58,50 @@ class PayloadTooLarge(IngestionError):
 
 class UnsupportedEncoding(IngestionError):
     status = 415
+    reason = "unsupported_encoding"
     detail = "Unsupported Content-Encoding: only gzip and identity are accepted."
 
 
 class InvalidIdempotencyKey(IngestionError):
     status = 400
+    reason = "invalid_idempotency_key"
     detail = "Idempotency-Key must be 1 to 255 printable ASCII characters."
 
 
 class IdempotencyConflict(IngestionError):
     status = 409
+    reason = "idempotency_conflict"
     detail = "This Idempotency-Key was already used with a different body; nothing was stored."
 
 
 class InvalidGzip(IngestionError):
     status = 400
+    reason = "invalid_gzip"
     detail = "Content-Encoding is gzip but the body is not valid gzip data."
 
 
 class InvalidPayload(IngestionError):
-    """422 in FastAPI's shape: ``detail`` is a list of ``{loc, msg, type}``, one per problem."""
+    """422 in FastAPI's shape: ``detail`` is a list of ``{loc, msg, type}``, one per problem.
+
+    Its reason collapses the error types: ``too_large`` or ``too_deep`` if an event broke
+    that limit, ``invalid`` for everything else.
+    """
 
     status = 422
+    reason = "invalid"
+
+    def __init__(self, detail: list[dict[str, Any]]) -> None:
+        super().__init__(detail)
+        kinds = {error.get("type") for error in detail}
+        for limit in ("too_large", "too_deep"):
+            if limit in kinds:
+                self.reason = limit
+                break
 
 
 class RateLimited(IngestionError):
     status = 429
+    reason = "rate_limited"
 
     def __init__(self, retry_after_s: int) -> None:
         super().__init__(f"Rate limit exceeded for this project; retry in {retry_after_s} s.")
@@ -86,12 +110,14 @@ class RateLimited(IngestionError):
 
 class ServerBusy(IngestionError):
     status = 503
+    reason = "server_busy"
     detail = "The server is busy receiving other requests; nothing was stored. Retry shortly."
     headers = ((b"retry-after", b"1"),)
 
 
 class ShuttingDown(IngestionError):
     status = 503
+    reason = "shutting_down"
     detail = "The server is shutting down; this request may not have been stored. Retry."
     headers = ((b"retry-after", b"1"),)
 
@@ -100,5 +126,28 @@ class StorageUnavailable(IngestionError):
     """The batch could not be made durable: the client must retry, nothing was stored."""
 
     status = 503
+    reason = "storage_unavailable"
     detail = "Events could not be stored right now; nothing was stored. Retry later."
     headers = ((b"retry-after", b"1"),)
+
+
+# Every ``reason`` a publish request can be refused for: the errors above, and two outcomes
+# that are not errors of the client's: it went away before its answer, or a bug of ours.
+REJECTION_REASONS = (
+    "unauthorized",
+    "invalid",
+    "too_large",
+    "too_deep",
+    "payload_too_large",
+    "unsupported_encoding",
+    "invalid_gzip",
+    "invalid_idempotency_key",
+    "idempotency_conflict",
+    "rate_limited",
+    "server_busy",
+    "storage_unavailable",
+    "shutting_down",
+    "bad_request",
+    "disconnected",
+    "internal_error",
+)

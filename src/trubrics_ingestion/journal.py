@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .dedup import DEFAULT_WINDOW_S, RecentBatches, Verdict, batch_digests
 from .errors import IdempotencyConflict, StorageUnavailable
+from .metrics import Metrics
 from .store import connect
 
 log = logging.getLogger("trubrics_ingestion.journal")
@@ -52,8 +53,10 @@ class Journal:
         *,
         dedup_window_s: float = DEFAULT_WINDOW_S,
         max_batches_per_commit: int = 256,
+        metrics: Metrics | None = None,
     ) -> None:
         self._database = database
+        self._metrics = metrics or Metrics()
         self._max_batches = max_batches_per_commit
         self._recent = RecentBatches(window_s=dedup_window_s)
         self._pruned_at = 0.0
@@ -139,6 +142,7 @@ class Journal:
         """Journal the new entries in one durable transaction; tell every waiter the outcome."""
         remembered: list[bytes] = []
         outcomes: list[Verdict | Exception]
+        started = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
             verdicts = [self._admit(conn, entry, remembered) for entry in entries]
@@ -155,9 +159,12 @@ class Journal:
             outcomes = list(verdicts)
         except sqlite3.Error as exc:
             log.error("journal commit of %d batches failed: %s", len(entries), exc)
+            self._metrics.commit_failed()
             self._recent.forget(remembered)
             _rollback(conn)
             outcomes = [StorageUnavailable()] * len(entries)
+        else:
+            self._metrics.commit(len(entries), time.perf_counter() - started)
         for entry, outcome in zip(entries, outcomes, strict=True):
             _resolve(entry, outcome)
 

@@ -2,7 +2,8 @@
 
 uvicorn (uvloop + httptools) serves the app. On SIGTERM or Ctrl-C it stops accepting,
 lets in-flight requests finish (their batches still commit), and only then is the
-journal closed, committing anything still queued.
+journal closed, committing anything still queued. Every line printed, uvicorn's too, is
+a JSON object (``logs.py``).
 """
 
 from __future__ import annotations
@@ -17,39 +18,35 @@ from importlib.metadata import version
 import uvicorn
 from starlette.types import ASGIApp
 
-from . import keys, store
+from . import keys, logs, store
 from .app import build_app
 from .auth import KeyCache, key_problem
 from .config import Settings
 from .journal import Journal
 from .materialise import Materialiser
+from .metrics import Metrics
 from .protocol import ConnectionLimits, LimitedHttpToolsProtocol
 
 log = logging.getLogger("trubrics_ingestion")
-LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
 def serve(settings: Settings) -> None:
     """Serve until stopped."""
-    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    logs.configure(settings.log_level)
     conn = store.connect(settings.database_path)
     _seed_key(conn, settings)
-    journal = Journal(settings.database_path, dedup_window_s=settings.dedup_window_s)
+    metrics = Metrics(database=settings.database_path, per_project=settings.metrics_per_project)
+    journal = Journal(
+        settings.database_path, dedup_window_s=settings.dedup_window_s, metrics=metrics
+    )
     journal.start()
     materialiser = Materialiser(settings.data_dir)
     materialiser.start()
     cache = KeyCache(
         partial(keys.load_active_keys, conn), refresh_interval_s=settings.key_refresh_interval_s
     )
-    app = build_app(settings, keys=cache, sink=journal)
-    log.info(
-        "trubrics-ingestion %s: data in %s, max body %d bytes, listening on http://%s:%d",
-        version("trubrics-ingestion"),
-        settings.data_dir.resolve(),
-        settings.max_body_bytes,
-        settings.host,
-        settings.port,
-    )
+    app = build_app(settings, keys=cache, sink=journal, metrics=metrics)
+    log.info("starting", extra={"fields": startup_fields(settings)})
     _hint_if_keyless(conn, settings)
     config = uvicorn_config(app, settings)
     _exit_zero_on_stop_signals()
@@ -58,7 +55,35 @@ def serve(settings: Settings) -> None:
     finally:
         journal.close()
         materialiser.stop()
+        metrics.close()
         conn.close()
+
+
+def startup_fields(settings: Settings) -> dict[str, object]:
+    """What an operator needs to know of a starting node; never a key."""
+    return {
+        "version": version("trubrics-ingestion"),
+        "data_dir": str(settings.data_dir.resolve()),
+        "bind": f"{settings.host}:{settings.port}",
+        "limits": {
+            "max_body_bytes": settings.max_body_bytes,
+            "max_event_bytes": settings.max_event_bytes,
+            "max_depth": settings.max_depth,
+            "rate_limit_events_per_s": settings.rate_limit_events_per_s,
+            "rate_limit_burst": settings.rate_limit_burst,
+            "max_head_bytes": settings.max_head_bytes,
+            "max_headers": settings.max_headers,
+            "request_timeout_s": settings.request_timeout_s,
+            "shutdown_timeout_s": settings.shutdown_timeout_s,
+            "max_connections": settings.max_connections,
+            "max_buffered_bytes": settings.max_buffered_bytes,
+        },
+        "dedup_window_s": settings.dedup_window_s,
+        "cors_origins": list(settings.cors_origins),
+        "log_level": settings.log_level,
+        "access_log": settings.access_log,
+        "metrics_per_project": settings.metrics_per_project,
+    }
 
 
 def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
@@ -76,7 +101,8 @@ def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
         loop="uvloop",
         http=LimitedHttpToolsProtocol.with_limits(limits),
         lifespan="off",
-        access_log=False,
+        access_log=False,  # ours is in app.py, with the project and the events stored
+        log_config=logs.config(settings.log_level),
         server_header=False,
         log_level=settings.log_level,
         timeout_graceful_shutdown=round(settings.shutdown_timeout_s),
@@ -104,17 +130,20 @@ def _seed_key(conn: sqlite3.Connection, settings: Settings) -> None:
         return
     problem = key_problem(settings.init_api_key)
     if problem:
-        raise SystemExit(f"TRUBRICS_INIT_API_KEY is not usable as a key: {problem}")
+        log.critical("TRUBRICS_INIT_API_KEY is not usable as a key: %s", problem)
+        raise SystemExit(1)
     if keys.seed_key(conn, settings.init_project, settings.init_api_key.strip()):
-        log.info("seeded a key for project %r from TRUBRICS_INIT_API_KEY", settings.init_project)
+        log.info(
+            "seeded a key from TRUBRICS_INIT_API_KEY",
+            extra={"fields": {"project": settings.init_project}},
+        )
 
 
 def _hint_if_keyless(conn: sqlite3.Connection, settings: Settings) -> None:
     if not any(key.revoked_at is None for key in keys.list_keys(conn)):
+        command = f"{_this_command()} keys create --project default --data-dir {settings.data_dir}"
         log.warning(
-            "No API keys yet. Create one with:\n    %s keys create --project default --data-dir %s",
-            _this_command(),
-            settings.data_dir,
+            "No API keys yet. Create one with: %s", command, extra={"fields": {"command": command}}
         )
 
 

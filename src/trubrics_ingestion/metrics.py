@@ -1,0 +1,248 @@
+"""Prometheus metrics of one node, in a registry of its own, served at ``GET /metrics``.
+
+One ``Metrics`` object is made by ``server.py`` and handed to the app (requests, events,
+rejections) and to the journal (group commits); tests and the benchmark's floor make
+their own. The hot path only increments children made once (``.labels`` is looked up
+at most once per label set). What lives on disk is read when scraped: the store's size
+from ``stat``, the materialisation backlog and the quarantine from a read-only
+connection, with queries that cost the same whatever the backlog.
+
+Per-project labels on the event counters are off by default (``metrics_per_project``):
+each project would add series to every scrape. The project only ever comes from a
+known key, so even then the label cannot be filled by an anonymous client.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from .errors import REJECTION_REASONS
+
+log = logging.getLogger("trubrics_ingestion.metrics")
+disable_created_metrics()  # type: ignore[no-untyped-call]  # a "_created" series per series doubles a scrape for nothing
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+ENDPOINTS = (
+    "/publish_events",
+    "/publish_llm_events",
+    "/healthz",
+    "/readyz",
+    "/openapi.json",
+    "/metrics",
+    "other",  # anything else (404s): paths are the client's to choose, labels are not
+)
+# Seconds: from a few ms (the floor) to the request deadline.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+BATCHES_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # journal.py commits at most 256 at once
+NO_PROJECT = ""  # rejected before the key said which project (401)
+
+
+class Metrics:
+    """Every metric of a node; the methods are what the request path and the journal call."""
+
+    def __init__(self, *, database: Path | None = None, per_project: bool = False) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.per_project = per_project
+        registry = self.registry
+        project = ("project",) if per_project else ()
+        self._requests = Counter(
+            "trubrics_http_requests",
+            "HTTP requests answered (or cut off: 499), by endpoint and status.",
+            ("endpoint", "status"),
+            registry=registry,
+        )
+        self._latency = Histogram(
+            "trubrics_http_request_duration_seconds",
+            "Time from the request's head to the end of its answer, by endpoint.",
+            ("endpoint",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._accepted = Counter(
+            "trubrics_events_accepted",
+            "Events stored (an LLM event is stored as two); repeats of a stored batch are not.",
+            project,
+            registry=registry,
+        )
+        self._rejected = Counter(
+            "trubrics_batches_rejected",
+            "Publish requests refused, nothing of them stored, by reason.",
+            ("reason", *project),
+            registry=registry,
+        )
+        self._dedup_hits = Counter(
+            "trubrics_dedup_hits",
+            "Batches acknowledged as repeats of one already stored, and not stored again.",
+            registry=registry,
+        )
+        self._rate_limit_hits = Counter(
+            "trubrics_rate_limit_hits",
+            "Publish requests refused with a 429 by the per-project rate limit.",
+            registry=registry,
+        )
+        self._commit_batches = Histogram(
+            "trubrics_journal_commit_batches",
+            "Batches made durable by one group commit of the journal.",
+            buckets=BATCHES_BUCKETS,
+            registry=registry,
+        )
+        self._commit_seconds = Histogram(
+            "trubrics_journal_commit_seconds",
+            "Time of one group commit, fsync included.",
+            buckets=COMMIT_BUCKETS,
+            registry=registry,
+        )
+        self._commit_failures = Counter(
+            "trubrics_journal_commit_failures",
+            "Group commits that failed (every batch in them got a 503).",
+            registry=registry,
+        )
+        ProcessCollector(registry=registry)  # CPU, memory, file descriptors of this process
+        self._store = StoreCollector(database) if database is not None else None
+        if self._store is not None:
+            registry.register(self._store)
+        # Children made once: the hot path does a dict lookup and an increment.
+        self._request_children: dict[tuple[str, int], Counter] = {}
+        self._latency_children = {name: self._latency.labels(name) for name in ENDPOINTS}
+        self._accepted_children: dict[str, Counter] = {}
+        self._rejected_children: dict[tuple[str, str], Counter] = {}
+        self._accepted_all: Counter | None = None if per_project else self._accepted
+        if not per_project:
+            for reason in REJECTION_REASONS:
+                self._rejected_children[reason, NO_PROJECT] = self._rejected.labels(reason)
+
+    # --- the request path (event loop thread) ---------------------------------------------
+
+    def request(self, endpoint: str, status: int, seconds: float) -> None:
+        child = self._request_children.get((endpoint, status))
+        if child is None:
+            child = self._requests.labels(endpoint, str(status))
+            self._request_children[endpoint, status] = child
+        child.inc()
+        self._latency_children[endpoint].observe(seconds)
+
+    def accepted(self, project: str, events: int) -> None:
+        if self._accepted_all is not None:
+            self._accepted_all.inc(events)
+            return
+        child = self._accepted_children.get(project)
+        if child is None:
+            child = self._accepted_children[project] = self._accepted.labels(project)
+        child.inc(events)
+
+    def rejected(self, reason: str, project: str | None) -> None:
+        """``reason``: one of ``errors.REJECTION_REASONS``."""
+        key = (reason, (project or NO_PROJECT) if self.per_project else NO_PROJECT)
+        child = self._rejected_children.get(key)
+        if child is None:
+            labels = key if self.per_project else (reason,)
+            child = self._rejected_children[key] = self._rejected.labels(*labels)
+        child.inc()
+        if reason == "rate_limited":
+            self._rate_limit_hits.inc()
+
+    def dedup_hit(self) -> None:
+        self._dedup_hits.inc()
+
+    # --- the journal's writer thread ----------------------------------------------------
+
+    def commit(self, batches: int, seconds: float) -> None:
+        self._commit_batches.observe(batches)
+        self._commit_seconds.observe(seconds)
+
+    def commit_failed(self) -> None:
+        self._commit_failures.inc()
+
+    # --- scraping -----------------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format, ``CONTENT_TYPE``."""
+        return generate_latest(self.registry)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+_STORE_GAUGES = {
+    "size": (
+        "trubrics_store_size_bytes",
+        "Bytes of the SQLite store on disk: the database file and its write-ahead log.",
+    ),
+    "backlog": (
+        "trubrics_materialise_backlog_batches",
+        "Journaled (acknowledged) batches not yet turned into event rows.",
+    ),
+    "quarantined": (
+        "trubrics_quarantined_batches",
+        "Journaled batches that could not become event rows, kept for an operator.",
+    ),
+}
+
+
+class StoreCollector:
+    """Gauges read from the store at scrape time: size on disk, backlog, quarantine."""
+
+    def __init__(self, database: Path) -> None:
+        self._database = database
+        self._conn: sqlite3.Connection | None = None
+
+    def describe(self) -> Iterable[Metric]:
+        """The names, without reading anything (the registry asks when registering)."""
+        return [GaugeMetricFamily(*_STORE_GAUGES[name]) for name in _STORE_GAUGES]
+
+    def collect(self) -> Iterable[Metric]:
+        size = sum(_size(path) for path in (self._database, _wal(self._database)))
+        yield GaugeMetricFamily(*_STORE_GAUGES["size"], value=size)
+        try:
+            backlog, quarantined = self._counts()
+        except sqlite3.Error as exc:  # absent gauges say "unknown"; the scrape still works
+            log.warning("cannot read the journal for /metrics: %s", exc)
+            self.close()
+            return
+        yield GaugeMetricFamily(*_STORE_GAUGES["backlog"], value=backlog)
+        yield GaugeMetricFamily(*_STORE_GAUGES["quarantined"], value=quarantined)
+
+    def _counts(self) -> tuple[int, int]:
+        """Batches leave the journal from the front only (oldest first), and numbers are
+        never reused, so max - min + 1 is the backlog: two index probes, not a scan."""
+        if self._conn is None:
+            uri = self._database.resolve().as_uri() + "?mode=ro"
+            self._conn = sqlite3.connect(uri, uri=True, timeout=1, check_same_thread=False)
+        (backlog,) = self._conn.execute(
+            "SELECT coalesce(max(batch) - min(batch) + 1, 0) FROM journal"
+        ).fetchone()
+        (quarantined,) = self._conn.execute("SELECT count(*) FROM quarantine").fetchone()
+        return int(backlog), int(quarantined)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _wal(database: Path) -> Path:
+    return database.with_name(database.name + "-wal")
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
