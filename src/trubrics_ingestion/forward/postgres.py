@@ -173,11 +173,17 @@ def _copy(conn: psycopg.Connection[Any], target: str, payload: bytes) -> None:
 
 
 def encode_copy(rows: Sequence[Row]) -> bytes:
-    """Rows as one binary COPY stream (header, tuples, trailer) in ``_INSERT_COLUMNS`` order."""
+    """Rows as one binary COPY stream (header, tuples, trailer) in ``_INSERT_COLUMNS`` order.
+
+    Written for speed, as the forwarder's CPU competes with the engine's on small machines:
+    the ids are converted from hex in one call for the whole batch, and each tuple is
+    assembled by a single join."""
+    ids = bytes.fromhex("".join([row[1] for row in rows]).replace("-", ""))
     out = [_HEADER]
     add = out.append
-    fromhex = bytes.fromhex
-    for _seq, id_, project, user, event, timestamp, thread, props, received, source in rows:
+    join = b"".join
+    start = 0
+    for _seq, _id, project, user, event, timestamp, thread, props, received, source in rows:
         if _has_nul(project, user, event, thread, props):
             project, user, event = (
                 text.replace(_NUL, _REPLACEMENT) for text in (project, user, event)
@@ -191,17 +197,30 @@ def encode_copy(rows: Sequence[Row]) -> bytes:
             props.encode(),
             source.encode(),
         )
-        add(_ROW_START(9, 16, fromhex(id_.replace("-", "")), len(p)) + p)
-        add(_LENGTH(len(u)) + u + _LENGTH(len(e)) + e + _TIMESTAMP(8, timestamp - _PG_EPOCH_US))
-        if thread is None:
-            add(_NULL)
-        else:
-            t = thread.encode()
-            add(_LENGTH(len(t)) + t)
-        add(_LENGTH(len(j) + 1) + _JSONB_VERSION + j)
-        add(_TIMESTAMP(8, received - _PG_EPOCH_US) + _LENGTH(len(s)) + s)
+        t = _NULL if thread is None else _LENGTH(len(tb := thread.encode())) + tb
+        add(
+            join(
+                (
+                    _ROW_START(9, 16, ids[start : start + 16], len(p)),
+                    p,
+                    _LENGTH(len(u)),
+                    u,
+                    _LENGTH(len(e)),
+                    e,
+                    _TIMESTAMP(8, timestamp - _PG_EPOCH_US),
+                    t,
+                    _LENGTH(len(j) + 1),
+                    _JSONB_VERSION,
+                    j,
+                    _TIMESTAMP(8, received - _PG_EPOCH_US),
+                    _LENGTH(len(s)),
+                    s,
+                )
+            )
+        )
+        start += 16
     add(_TRAILER)
-    return b"".join(out)
+    return join(out)
 
 
 def _has_nul(project: str, user: str, event: str, thread: str | None, props: str) -> bool:
