@@ -1,8 +1,8 @@
 """ClickHouse sink over plain HTTP (stdlib ``http.client``), down to Debian's 18.16.
 
 Why HTTP and ``JSONEachRow``: it is the one insert path every ClickHouse version speaks
-(clickhouse-connect cannot talk to 18.16), it needs no dependency, and msgspec encodes a
-5000-row batch of it in about a millisecond per thousand rows.
+(clickhouse-connect cannot talk to 18.16), it needs no dependency, and msgspec encodes it
+at about 1.3 million rows/s, so the engine, not Python, sets the pace.
 
 Layout. Without a cluster, ``DB.events`` is a ReplacingMergeTree table. With
 ``?cluster=NAME``, ``DB.events_local`` (the ReplacingMergeTree) is created ``ON CLUSTER``

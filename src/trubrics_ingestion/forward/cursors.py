@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .sink import Row
+from .sink import COLUMNS, Row
 
 # Idempotent; store.py's migrations will take it over.
 CREATE = """
@@ -27,10 +27,7 @@ CREATE TABLE IF NOT EXISTS forward_cursors (
     updated_at INTEGER
 )
 """
-_SELECT = (
-    "SELECT seq, id, project, user_id, event, timestamp, thread_id, properties, received_at,"
-    " source FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
-)
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
 PRUNE_CHUNK = 5000  # rows per delete transaction: keeps the write lock brief
 
 
