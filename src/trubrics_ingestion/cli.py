@@ -18,6 +18,7 @@ import msgspec
 
 from . import events, keys, logs, materialise, store
 from .config import Settings
+from .forward.urls import SinkUrlError, parse_sink_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULTS = Settings()  # every default lives in config.py
@@ -190,6 +191,15 @@ def main() -> None:
     show_envvar=True,
     help="Label the event counters of /metrics by project (a series per project).",
 )
+@click.option(
+    "--forward-to",
+    multiple=True,
+    callback=lambda _ctx, _param, urls: _engine_urls(urls),
+    envvar="TRUBRICS_FORWARD_TO",
+    show_envvar=True,
+    help="Engine to ship stored events to, at least once (repeatable; in the environment,"
+    " space-separated): postgresql://USER@HOST:PORT/DB or clickhouse://HOST:PORT/DB[?cluster=C].",
+)
 def serve(cors_origins: str, **options: Any) -> None:
     """Serve the ingestion API."""
     from .server import serve as run  # imports uvicorn only for this command
@@ -202,6 +212,43 @@ def serve(cors_origins: str, **options: Any) -> None:
             **options,
         )
     )
+
+
+@main.command()
+@click.argument("url")
+def migrate(url: str) -> None:
+    """Create or upgrade the events schema on an engine (idempotent; serve does it too)."""
+    from .forward import open_sink
+
+    sink = open_sink(parse_sink_url(_engine_urls((url,))[0]))
+    try:
+        sink.migrate()
+    finally:
+        sink.close()
+    click.echo(f"{parse_sink_url(url).display}: schema up to date.")
+
+
+@main.command()
+@click.option("--to", "urls", multiple=True, required=True, help="Engine URL (repeatable).")
+@click.option("--parent-pid", type=int, hidden=True, help="Exit when this process is gone.")
+@data_dir_option
+def forward(urls: tuple[str, ...], parent_pid: int | None, data_dir: Path) -> None:
+    """Ship stored events to engines, in order, until interrupted (serve runs this itself)."""
+    from .forward import run_forever
+
+    logs.configure(DEFAULTS.log_level)
+    database = Settings(data_dir=data_dir).database_path
+    with contextlib.suppress(KeyboardInterrupt):
+        run_forever(database, _engine_urls(urls), parent_pid=parent_pid)
+
+
+def _engine_urls(urls: tuple[str, ...]) -> tuple[str, ...]:
+    try:
+        for url in urls:
+            parse_sink_url(url)
+    except SinkUrlError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return urls
 
 
 @main.group(name="keys")

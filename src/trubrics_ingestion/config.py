@@ -34,6 +34,7 @@ class Settings:
     shutdown_timeout_s: float = 8.0  # for in-flight requests after SIGTERM
     max_buffered_bytes: int = 256 * 1024 * 1024  # request bodies held in memory at once
     log_level: str = "info"
+    forward_to: tuple[str, ...] = ()  # engine URLs: postgresql://... and clickhouse://...
     access_log: bool = True  # one JSON line per request
     metrics_per_project: bool = False  # a project label on the event counters
 

@@ -3,7 +3,7 @@
 Writing 100 indexed rows costs several times more than journaling the batch as one row,
 and building them is Python work that would hold the GIL against the request loop. So
 the server only journals (``journal.py``), and a low-priority child process
-(``Materialiser``, running ``trubrics-ingestion events materialise --follow``) turns
+(``trubrics-ingestion events materialise --follow``, see ``children.py``) turns
 batches into rows: under load it yields the CPU to ingestion
 and the backlog waits durably in the journal; when load drops it catches up.
 
@@ -18,9 +18,6 @@ import contextlib
 import logging
 import os
 import sqlite3
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,35 +141,3 @@ def follow(database: Path, *, parent_pid: int | None = None) -> None:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             time.sleep(FAILURE_BACKOFF_S)
-
-
-class Materialiser:
-    """Runs ``events materialise --follow`` as a child process; restarts it if it dies."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self._command = [
-            sys.executable, "-m", "trubrics_ingestion", "events", "materialise", "--follow",
-            "--parent-pid", str(os.getpid()), "--data-dir", str(data_dir),
-        ]  # fmt: skip
-        self._process: subprocess.Popen[bytes] | None = None
-        self._stopping = threading.Event()
-        self._watcher = threading.Thread(target=self._watch, name="materialiser", daemon=True)
-
-    def start(self) -> None:
-        self._process = subprocess.Popen(self._command)
-        self._watcher.start()
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop the child; whatever it has not materialised stays safely in the journal."""
-        self._stopping.set()
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            self._process.wait(timeout_s)
-
-    def _watch(self) -> None:
-        while not self._stopping.wait(1.0):
-            if self._process is not None and self._process.poll() is not None:
-                log.error(
-                    "the materialiser exited with %s; restarting it", self._process.returncode
-                )
-                self._process = subprocess.Popen(self._command)

@@ -21,9 +21,10 @@ from starlette.types import ASGIApp
 from . import keys, logs, store
 from .app import build_app
 from .auth import KeyCache, key_problem
+from .children import background_children
 from .config import Settings
+from .forward import parse_sink_url
 from .journal import Journal
-from .materialise import Materialiser
 from .metrics import Metrics
 from .protocol import ConnectionLimits, LimitedHttpToolsProtocol
 
@@ -40,8 +41,9 @@ def serve(settings: Settings) -> None:
         settings.database_path, dedup_window_s=settings.dedup_window_s, metrics=metrics
     )
     journal.start()
-    materialiser = Materialiser(settings.data_dir)
-    materialiser.start()
+    children = background_children(settings.data_dir, settings.forward_to)
+    for child in children:
+        child.start()
     cache = KeyCache(
         partial(keys.load_active_keys, conn), refresh_interval_s=settings.key_refresh_interval_s
     )
@@ -54,7 +56,8 @@ def serve(settings: Settings) -> None:
         uvicorn.Server(config).run()
     finally:
         journal.close()
-        materialiser.stop()
+        for child in children:
+            child.stop()
         metrics.close()
         conn.close()
 
@@ -65,6 +68,7 @@ def startup_fields(settings: Settings) -> dict[str, object]:
         "version": version("trubrics-ingestion"),
         "data_dir": str(settings.data_dir.resolve()),
         "bind": f"{settings.host}:{settings.port}",
+        "forward_to": [parse_sink_url(url).display for url in settings.forward_to],
         "limits": {
             "max_body_bytes": settings.max_body_bytes,
             "max_event_bytes": settings.max_event_bytes,

@@ -1,0 +1,59 @@
+"""Background work of a node, each in a child process the server supervises.
+
+Materialising rows and forwarding them to engines is Python work that would hold the
+GIL against the request loop; as ``trubrics-ingestion`` subcommands in child processes
+they run on other cores, show up by name in ``ps``, and can be run by hand. A child exits
+when its parent is gone (``--parent-pid``); the server restarts one that dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+log = logging.getLogger("trubrics_ingestion.children")
+
+
+class Child:
+    """Runs ``trubrics-ingestion ARGS --parent-pid PID --data-dir DIR``; restarts it if it dies."""
+
+    def __init__(self, name: str, args: list[str], data_dir: Path) -> None:
+        self.name = name
+        self._command = [
+            sys.executable, "-m", "trubrics_ingestion", *args,
+            "--parent-pid", str(os.getpid()), "--data-dir", str(data_dir),
+        ]  # fmt: skip
+        self._process: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(self._command)
+        self._watcher.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the child; what it has not done yet stays safely in the store."""
+        self._stopping.set()
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            self._process.wait(timeout_s)
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(1.0):
+            if self._process is not None and self._process.poll() is not None:
+                code = self._process.returncode
+                log.error("the %s exited with %s; restarting it", self.name, code)
+                self._process = subprocess.Popen(self._command)
+
+
+def background_children(data_dir: Path, forward_to: tuple[str, ...]) -> list[Child]:
+    """The materialiser, and a forwarder when there are engines to forward to."""
+    children = [Child("materialiser", ["events", "materialise", "--follow"], data_dir)]
+    if forward_to:
+        targets = [arg for url in forward_to for arg in ("--to", url)]
+        children.append(Child("forwarder", ["forward", *targets], data_dir))
+    return children

@@ -1,0 +1,75 @@
+"""End to end: ``serve --forward-to`` ships what the API acknowledged to real engines, and
+``migrate`` prepares an engine idempotently."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from conftest import CLI, Node
+from engines import ClickHouseCluster, PostgresServer, require_engines
+
+EVENT = {"event": "e", "timestamp": "2026-06-20T12:00:00Z"}
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    require_engines()
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def clickhouse() -> Iterator[ClickHouseCluster]:
+    require_engines()
+    with ClickHouseCluster(shards=2) as cluster:
+        yield cluster
+
+
+def wait_until(check: object, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.2)
+
+
+def test_migrate_is_idempotent(postgres: PostgresServer, clickhouse: ClickHouseCluster) -> None:
+    for url in (postgres.url, clickhouse.url, postgres.url, clickhouse.url):
+        out = subprocess.run(
+            [*CLI, "migrate", url], capture_output=True, text=True, timeout=60, check=True
+        )
+        assert "schema up to date" in out.stdout
+    assert "events" in postgres.psql("SELECT tablename FROM pg_tables")
+    assert "events" in clickhouse.query("SHOW TABLES")
+
+
+def test_a_bad_engine_url_is_refused_at_start(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = subprocess.run(
+        [*CLI, "serve", "--data-dir", str(tmp_path), "--forward-to", "mysql://x/y"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2 and "mysql" in out.stderr
+
+
+def test_serve_forwards_acknowledged_events_to_both_engines(
+    make_node,
+    postgres: PostgresServer,
+    clickhouse: ClickHouseCluster,  # type: ignore[no-untyped-def]
+) -> None:
+    env = {"TRUBRICS_FORWARD_TO": f"{postgres.url} {clickhouse.url}"}
+    node: Node = make_node(env=env)
+    for n in range(10):
+        batch = [{**EVENT, "user_id": f"fwd-{n}-{i}"} for i in range(100)]
+        assert node.post("/publish_events", batch).status_code == 200
+    pg = "SELECT count(*) FROM events WHERE user_id LIKE 'fwd-%'"
+    ch = "SELECT count() FROM events FINAL WHERE user_id LIKE 'fwd-%'"
+    wait_until(lambda: postgres.psql(pg).strip() == "1000")
+    wait_until(lambda: clickhouse.query(ch).strip() == "1000")
+    ids = {e["id"] for e in node.export()}
+    some = postgres.psql("SELECT id FROM events WHERE user_id = 'fwd-3-7'").strip()
+    assert some in ids
