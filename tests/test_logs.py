@@ -130,6 +130,8 @@ def test_one_access_line_per_request(node: Node) -> None:
     assert preflight.status_code == 200
     assert requests.get(node.url + "/readyz", timeout=5).status_code == 200
 
+    # Lines are written at the end of the server's loop iteration: maybe just after the answer.
+    wait_until(lambda: len(access_lines(node)) >= 7)
     records = access_lines(node)
     assert all(set(r) == ACCESS_FIELDS for r in records), records
     assert [

