@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 import requests
 
+from engines import ClickHouseCluster, PostgresServer, require_engines
+
 CLI = [sys.executable, "-m", "trubrics_ingestion"]
 START_TIMEOUT_S = 20.0
 
@@ -145,3 +147,17 @@ def make_node(tmp_path: Path) -> Iterator[Any]:
 def node(make_node: Any) -> Node:
     """A running server with one project and key."""
     return make_node()
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    require_engines()
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def clickhouse() -> Iterator[ClickHouseCluster]:
+    require_engines()
+    with ClickHouseCluster(shards=2) as cluster:
+        yield cluster

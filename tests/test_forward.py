@@ -29,7 +29,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from engines import ClickHouseCluster, PostgresServer, require_engines
+from engines import ClickHouseCluster, PostgresServer
 from trubrics_ingestion import events as store_events
 from trubrics_ingestion.expand import to_micros
 from trubrics_ingestion.forward import (
@@ -107,20 +107,6 @@ def database_of(conn: sqlite3.Connection) -> Path:
 
 
 # --- the engines -----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    require_engines()
-    with PostgresServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def clickhouse() -> Iterator[ClickHouseCluster]:
-    require_engines()
-    with ClickHouseCluster(shards=2) as cluster:
-        yield cluster
 
 
 @dataclass

@@ -5,28 +5,11 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from conftest import CLI, Node
-from engines import ClickHouseCluster, PostgresServer, require_engines
+from engines import ClickHouseCluster, PostgresServer
 
 EVENT = {"event": "e", "timestamp": "2026-06-20T12:00:00Z"}
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    require_engines()
-    with PostgresServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def clickhouse() -> Iterator[ClickHouseCluster]:
-    require_engines()
-    with ClickHouseCluster(shards=2) as cluster:
-        yield cluster
 
 
 def wait_until(check: object, seconds: float = 30.0) -> None:

@@ -18,19 +18,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from .. import events
+
 # One ``events`` row of the node's SQLite store, in this column order.
-COLUMNS = (
-    "seq",
-    "id",
-    "project",
-    "user_id",
-    "event",
-    "timestamp",
-    "thread_id",
-    "properties",
-    "received_at",
-    "source",
-)
+COLUMNS = ("seq", *events.COLUMNS)
 Row = tuple[int, str, str, str, str, int, str | None, str, int, str]
 
 
