@@ -121,6 +121,21 @@ class Node:
         return [json.loads(line) for line in out.split("\n") if line]
 
 
+def materialiser_of(pid: int) -> int:
+    """The server's materialiser child (a child of any of its threads: not /proc/children)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat, cmdline = (entry / "stat").read_text(), (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"materialise" in cmdline:
+                found.append(int(entry.name))
+    (child,) = found
+    return child
+
+
 @pytest.fixture
 def make_node(tmp_path: Path) -> Iterator[Any]:
     """Factory: ``make_node(project="p", env={...})`` starts a server with a fresh key."""

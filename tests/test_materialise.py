@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import CLI, Node
+from conftest import CLI, Node, materialiser_of
 
 EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
 
@@ -34,21 +34,6 @@ def wait_for(data_dir: Path, rows: int, seconds: float = 15.0) -> None:
         time.sleep(0.05)
 
 
-def child_of(pid: int) -> int:
-    """The server's materialiser (children of any of its threads, hence not /proc/children)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat, cmdline = (entry / "stat").read_text(), (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"materialise" in cmdline:
-                found.append(int(entry.name))
-    (child,) = found
-    return child
-
-
 def test_the_server_materialises_in_the_background(node: Node) -> None:
     assert node.post("/publish_events", [EVENT] * 10).status_code == 200
     wait_for(node.data_dir, 10)
@@ -56,16 +41,16 @@ def test_the_server_materialises_in_the_background(node: Node) -> None:
 
 def test_a_killed_materialiser_is_restarted(node: Node) -> None:
     assert node.process is not None
-    first = child_of(node.process.pid)
+    first = materialiser_of(node.process.pid)
     os.kill(first, signal.SIGKILL)
     assert node.post("/publish_events", [EVENT] * 3).status_code == 200
     wait_for(node.data_dir, 3)
-    assert child_of(node.process.pid) != first
+    assert materialiser_of(node.process.pid) != first
 
 
 def test_the_materialiser_leaves_with_its_server(node: Node) -> None:
     assert node.process is not None
-    child = child_of(node.process.pid)
+    child = materialiser_of(node.process.pid)
     node.stop(signal.SIGKILL)
     deadline = time.monotonic() + 10
     while (

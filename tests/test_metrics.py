@@ -14,7 +14,7 @@ from pathlib import Path
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Node, create_key
+from conftest import Node, create_key, materialiser_of
 
 EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
 LLM = {"user_id": "u", "prompt": "p", "generation": "g"}
@@ -211,20 +211,6 @@ def materialiser_paused(node: Node) -> Iterator[None]:
         yield
     finally:
         os.kill(child, signal.SIGCONT)
-
-
-def materialiser_of(pid: int) -> int:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat, cmdline = (entry / "stat").read_text(), (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"materialise" in cmdline:
-                found.append(int(entry.name))
-    (child,) = found
-    return child
 
 
 def wait_for(condition, timeout_s: float = 15.0) -> None:  # type: ignore[no-untyped-def]
