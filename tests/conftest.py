@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,16 +18,10 @@ from typing import Any
 import pytest
 import requests
 
-from engines import ClickHouseCluster, PostgresServer, require_engines
+from engines import ClickHouseCluster, PostgresServer, free_port, require_engines
 
 CLI = [sys.executable, "-m", "trubrics_ingestion"]
 START_TIMEOUT_S = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cli(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

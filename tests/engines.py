@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -107,11 +108,36 @@ def _required_paths() -> Iterable[Path]:
 # --- processes -------------------------------------------------------------------------------
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_floor() -> int:
+    """Lowest port the kernel gives to outgoing connections (Linux default 32768)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    return 32768
+
+
 def free_port() -> int:
-    """A port that was free a moment ago (the server binds it soon after)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port that was free a moment ago, below the ephemeral range, never handed out twice.
+
+    Binding port 0 would return an ephemeral port, and the kernel may give that very port to
+    some outgoing connection before the server binds it (seen in CI: "Address already in use"
+    at ClickHouse startup). Ports below the ephemeral range are only taken by listeners."""
+    low, high = 20000, _ephemeral_floor()
+    for _ in range(1000):
+        port = random.randrange(low, high) if high > low else 0
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = int(sock.getsockname()[1])
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free loopback port found")
 
 
 def _service_user(name: str) -> str | None:
