@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
-from functools import partial
 from pathlib import Path
 
 import uvicorn
@@ -47,11 +45,11 @@ class NullSink:
         return True
 
 
-def ensure_key(conn: sqlite3.Connection, project: str = "bench") -> None:
+def ensure_key(key_store: keys.StoreKeys, project: str = "bench") -> None:
     """Create a key only if none is active, so callers may bring their own."""
-    if any(key.revoked_at is None for key in keys.list_keys(conn)):
+    if any(key.revoked_at is None for key in key_store.list_keys()):
         return
-    new = keys.create_key(conn, project)
+    new = key_store.create_key(project)
     print(json.dumps({"project": new.project, "key": new.key, "id": new.id}), flush=True)
 
 
@@ -59,10 +57,9 @@ def serve(settings: Settings) -> None:
     """Serve the floor until SIGTERM/SIGINT, with the product's own uvicorn settings."""
     logs.configure(settings.log_level)  # as ``server.serve`` does: records cost the same
     conn = store.connect(settings.database_path)
-    ensure_key(conn)
-    cache = KeyCache(
-        partial(keys.load_active_keys, conn), refresh_interval_s=settings.key_refresh_interval_s
-    )
+    key_store = keys.StoreKeys(conn)
+    ensure_key(key_store)
+    cache = KeyCache(key_store.load_active_keys, refresh_interval_s=settings.key_refresh_interval_s)
     app = build_app(settings, keys=cache, sink=NullSink())
     try:
         uvicorn.Server(uvicorn_config(app, settings)).run()

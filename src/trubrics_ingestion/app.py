@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import msgspec
 from starlette.middleware.cors import CORSMiddleware
 
-from .auth import KeyCache
+from .auth import Keys
 from .body import BodyBudget, ClientDisconnected, Hold, read_body
 from .config import Settings
 from .errors import (
@@ -120,7 +120,7 @@ class IngestionApp:
     def __init__(
         self,
         *,
-        keys: KeyCache,
+        keys: Keys,
         sink: Sink,
         max_body_bytes: int,
         limits: PayloadLimits,
@@ -130,8 +130,10 @@ class IngestionApp:
         metrics: Metrics,
         access_log: AccessLog | None,
         cors_origins: Sequence[str],
+        readiness: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self._keys = keys
+        self._readiness_details = readiness
         self._sink = sink
         self._max_body_bytes = max_body_bytes
         self._limits = limits
@@ -256,7 +258,7 @@ class IngestionApp:
     ) -> Reply:
         received_at = time.time_ns() // 1000
         headers = dict(scope["headers"])
-        project = self._keys.project_for(_header(headers, b"x-api-key"))
+        project = await self._keys.project_for(_header(headers, b"x-api-key"))
         exchange.project = project
         with self._budget.hold() as hold:
             return await self._accept(project, kind, headers, receive, hold, received_at, exchange)
@@ -288,17 +290,25 @@ class IngestionApp:
         return 200, b'{"status":"success","events":%d,"duplicate":true}' % events, _JSON
 
     def _readiness(self) -> Reply:
+        """Ready while batches can be stored; the details say how the neighbours are."""
         if self._sink.ready():
-            return 200, b'{"status":"ready"}', _JSON
+            return 200, _encode({"status": "ready", **self._readiness_details()}), _JSON
         return 503, b'{"detail":"The journal writer is not running."}', _JSON
 
 
 def build_app(
-    settings: Settings, *, keys: KeyCache, sink: Sink, metrics: Metrics | None = None
+    settings: Settings,
+    *,
+    keys: Keys,
+    sink: Sink,
+    metrics: Metrics | None = None,
+    readiness: Callable[[], dict[str, Any]] = dict,
 ) -> IngestionApp:
-    """The ingestion app, configured by ``settings``. Without ``metrics``, it makes its own."""
+    """The ingestion app, configured by ``settings``. Without ``metrics``, it makes its own;
+    ``readiness`` adds details to ``/readyz`` (the forwarding backlog, the key registry)."""
     return IngestionApp(
         keys=keys,
+        readiness=readiness,
         sink=sink,
         max_body_bytes=settings.max_body_bytes,
         limits=PayloadLimits(

@@ -7,14 +7,22 @@ the time taken depends on the hash, never on how many characters of a secret mat
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
+import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
+from typing import Protocol
 
-from .errors import Unauthorized
+from .errors import RegistryUnavailable, Unauthorized
+
+log = logging.getLogger("trubrics_ingestion.auth")
 
 KEY_PREFIX = "trb_"
 MIN_KEY_LENGTH = 16
@@ -54,8 +62,19 @@ def key_problem(raw: str | None) -> str | None:
     return None
 
 
+class Keys(Protocol):
+    """What the request path asks of a key cache."""
+
+    async def project_for(self, raw: str | None) -> str:
+        """The project a key writes to, or an ``IngestionError`` (401, 503) saying why not."""
+        ...
+
+
 # A loader returns the current keys version and, when it changed, the active keys.
 KeyLoader = Callable[[int | None], tuple[int, list[ActiveKey] | None]]
+UNKNOWN_KEY_WAIT_S = 2.0  # how long an unknown key waits for a fresh look at the registry
+MIN_POLL_GAP_S = 0.05  # unknown keys wake the poller, but no more often than this
+COMPLAIN_EVERY_S = 30.0  # while the registry is unreachable, say so this often
 
 
 class KeyCache:
@@ -63,7 +82,7 @@ class KeyCache:
 
     The version is re-read at most every ``refresh_interval_s`` for known keys (so a
     revocation bites within that interval) and on every unknown key (so a key created a
-    moment ago works at once; the check is one indexed single-row read).
+    moment ago works at once; the check is one indexed single-row read of a local file).
     """
 
     def __init__(self, loader: KeyLoader, *, refresh_interval_s: float = 0.5) -> None:
@@ -73,21 +92,16 @@ class KeyCache:
         self._keys: dict[str, ActiveKey] = {}
         self._checked_at = 0.0
 
-    def project_for(self, raw: str | None) -> str:
+    async def project_for(self, raw: str | None) -> str:
         """The project a key writes to, or ``Unauthorized`` with the reason."""
-        problem = key_problem(raw)
-        if problem or raw is None:
-            raise Unauthorized(problem)
-        digest = hash_key(raw.strip())
+        digest = _digest(raw)
         if time.monotonic() - self._checked_at > self._interval:
             self.refresh()
         found = self._keys.get(digest)
         if found is None:
             self.refresh()
             found = self._keys.get(digest)
-        if found is None or not hmac.compare_digest(found.key_hash, digest):
-            raise Unauthorized("Invalid or revoked x-api-key.")
-        return found.project
+        return _project(found, digest)
 
     def refresh(self) -> None:
         """Reload the keys if the store says they changed since the last load."""
@@ -96,3 +110,135 @@ class KeyCache:
         if keys is not None:
             self._keys = {key.key_hash: key for key in keys}
             self._version = version
+
+    def close(self) -> None:
+        """Nothing to stop: loads happen on the request path."""
+
+
+@dataclass(frozen=True)
+class RegistryStatus:
+    """What a node knows of its key registry, for ``/readyz`` and ``/metrics``."""
+
+    reachable: bool
+    keys: int  # active keys known
+    last_loaded_s_ago: float | None  # since the last successful look; None: never
+
+
+class PolledKeyCache:
+    """Maps keys to projects from memory, kept fresh by a thread polling a shared registry.
+
+    Known keys never wait on the network: the thread re-reads the registry's version every
+    ``refresh_interval_s`` and reloads the keys when it moved, so a revocation made on any
+    node bites everywhere within that interval plus a round trip. An unknown key wakes the
+    thread and waits (at most ``UNKNOWN_KEY_WAIT_S``) for a look that started after it
+    arrived, so a key created a moment ago elsewhere works at once.
+
+    If the registry is unreachable, known keys keep working, an unknown one gets a 503
+    (it may be valid: only the registry can tell), and an error is logged at once and
+    every ``COMPLAIN_EVERY_S`` until it is back.
+    """
+
+    def __init__(
+        self, loader: KeyLoader, *, refresh_interval_s: float = 0.5, name: str = "key registry"
+    ) -> None:
+        self._loader = loader
+        self._interval = refresh_interval_s
+        self._name = name
+        self._version: int | None = None
+        self._keys: dict[str, ActiveKey] = {}
+        self._reachable = False
+        self._loaded_at: float | None = None
+        self._failing_since: float | None = None
+        self._complained_at = 0.0
+        self._next_look: Future[None] = Future()  # done when a look started later ends
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="key registry", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=10)
+
+    async def project_for(self, raw: str | None) -> str:
+        """The project a key writes to; ``Unauthorized``, or ``RegistryUnavailable`` for a
+        key that only an unreachable registry could confirm."""
+        digest = _digest(raw)
+        found = self._keys.get(digest)
+        if found is None:
+            look = self._next_look
+            self._wake.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.shield(asyncio.wrap_future(look)), UNKNOWN_KEY_WAIT_S
+                )
+            found = self._keys.get(digest)
+            if found is None and not self._reachable:
+                raise RegistryUnavailable()
+        return _project(found, digest)
+
+    def status(self) -> RegistryStatus:
+        loaded = self._loaded_at
+        ago = None if loaded is None else time.monotonic() - loaded
+        return RegistryStatus(self._reachable, len(self._keys), ago)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()  # a wake during the look below makes the next one immediate
+            done, self._next_look = self._next_look, Future()
+            self._look()
+            with contextlib.suppress(InvalidStateError):
+                done.set_result(None)
+            self._stop.wait(MIN_POLL_GAP_S)
+            self._wake.wait(self._interval)
+
+    def _look(self) -> None:
+        try:
+            version, keys = self._loader(self._version)
+        except Exception as exc:  # unreachable, timed out, refused: keep the keys we know
+            self._failed(exc)
+            return
+        if keys is not None:
+            self._keys = {key.key_hash: key for key in keys}
+            self._version = version
+        self._loaded_at = time.monotonic()
+        self._reachable = True
+        if self._failing_since is not None:
+            down_s = time.monotonic() - self._failing_since
+            log.warning("%s reachable again after %.0f s", self._name, down_s)
+            self._failing_since = None
+
+    def _failed(self, exc: Exception) -> None:
+        now = time.monotonic()
+        self._reachable = False
+        if self._failing_since is None:
+            self._failing_since = now
+        elif now - self._complained_at < COMPLAIN_EVERY_S:
+            return
+        self._complained_at = now
+        log.error(
+            "%s unreachable for %.0f s: serving the %d keys known, refusing unknown ones"
+            " with 503; revocations wait for it: %s: %s",
+            self._name,
+            now - self._failing_since,
+            len(self._keys),
+            type(exc).__name__,
+            str(exc).strip().splitlines()[0] if str(exc).strip() else "",
+        )
+
+
+def _digest(raw: str | None) -> str:
+    """The hash to look a header value up by, or ``Unauthorized`` saying why it is no key."""
+    problem = key_problem(raw)
+    if problem or raw is None:
+        raise Unauthorized(problem)
+    return hash_key(raw.strip())
+
+
+def _project(found: ActiveKey | None, digest: str) -> str:
+    if found is None or not hmac.compare_digest(found.key_hash, digest):
+        raise Unauthorized("Invalid or revoked x-api-key.")
+    return found.project

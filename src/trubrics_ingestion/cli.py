@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,8 +36,40 @@ def data_dir_option(command: F) -> F:
     )(command)
 
 
+def registry_option(command: F) -> F:
+    return click.option(
+        "--registry",
+        envvar="TRUBRICS_REGISTRY",
+        show_envvar=True,
+        callback=lambda _ctx, _param, url: _registry_url(url),
+        help="Keys live in this shared PostgreSQL registry (postgresql://USER@HOST:PORT/DB)"
+        " instead of the node's store.",
+    )(command)
+
+
 def _open(data_dir: Path) -> sqlite3.Connection:
     return store.connect(Settings(data_dir=data_dir).database_path)
+
+
+def _key_store(data_dir: Path, registry: str | None) -> keys.KeyStore:
+    if registry:
+        from .registry import Registry, parse_registry_url
+
+        return Registry(parse_registry_url(registry))
+    return keys.StoreKeys(_open(data_dir))
+
+
+def _registry_url(url: str | None) -> str | None:
+    """The URL as given once it parses (``Settings`` keeps strings), or a usage error."""
+    if not url:
+        return None
+    from .registry import parse_registry_url
+
+    try:
+        parse_registry_url(url)
+    except SinkUrlError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return url
 
 
 def _json(value: Any) -> str:
@@ -200,6 +232,7 @@ def main() -> None:
     help="Engine to ship stored events to, at least once (repeatable; in the environment,"
     " space-separated): postgresql://USER@HOST:PORT/DB or clickhouse://HOST:PORT/DB[?cluster=C].",
 )
+@registry_option
 def serve(cors_origins: str, **options: Any) -> None:
     """Serve the ingestion API."""
     from .server import serve as run  # imports uvicorn only for this command
@@ -260,9 +293,11 @@ def keys_group() -> None:
 @click.option("--project", required=True, help="Project the key writes to (created if new).")
 @click.option("--json", "as_json", is_flag=True, help="Print {project, key, id} as JSON.")
 @data_dir_option
-def keys_create(project: str, as_json: bool, data_dir: Path) -> None:
+@registry_option
+def keys_create(project: str, as_json: bool, data_dir: Path, registry: str | None) -> None:
     """Create a key; its secret is printed this once and never stored."""
-    new = keys.create_key(_open(data_dir), project)
+    with _keys_of(data_dir, registry) as key_store:
+        new = key_store.create_key(project)
     if as_json:
         click.echo(_json({"project": new.project, "key": new.key, "id": new.id}))
     else:
@@ -272,9 +307,12 @@ def keys_create(project: str, as_json: bool, data_dir: Path) -> None:
 @keys_group.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per key.")
 @data_dir_option
-def keys_list(as_json: bool, data_dir: Path) -> None:
+@registry_option
+def keys_list(as_json: bool, data_dir: Path, registry: str | None) -> None:
     """List keys (ids and hints, never secrets)."""
-    for key in keys.list_keys(_open(data_dir)):
+    with _keys_of(data_dir, registry) as key_store:
+        listed = key_store.list_keys()
+    for key in listed:
         state = "active" if key.revoked_at is None else "revoked"
         if as_json:
             click.echo(
@@ -287,11 +325,31 @@ def keys_list(as_json: bool, data_dir: Path) -> None:
 @keys_group.command(name="revoke")
 @click.argument("key_id")
 @data_dir_option
-def keys_revoke(key_id: str, data_dir: Path) -> None:
+@registry_option
+def keys_revoke(key_id: str, data_dir: Path, registry: str | None) -> None:
     """Revoke a key by id; servers stop accepting it within a second."""
-    if not keys.revoke_key(_open(data_dir), key_id):
+    with _keys_of(data_dir, registry) as key_store:
+        revoked = key_store.revoke_key(key_id)
+    if not revoked:
         raise click.ClickException(f"no active key with id {key_id!r}")
     click.echo(f"Revoked {key_id}.")
+
+
+@contextlib.contextmanager
+def _keys_of(data_dir: Path, registry: str | None) -> Iterator[keys.KeyStore]:
+    """The key store the command acts on; an unreachable registry is a clear error."""
+    key_store = _key_store(data_dir, registry)
+    try:
+        yield key_store
+    except Exception as exc:
+        if registry:
+            import psycopg  # loaded already by the registry
+
+            if isinstance(exc, psycopg.Error):
+                raise click.ClickException(f"key registry: {exc}") from None
+        raise
+    finally:
+        key_store.close()
 
 
 @main.group(name="events")

@@ -35,6 +35,7 @@ class Settings:
     max_buffered_bytes: int = 256 * 1024 * 1024  # request bodies held in memory at once
     log_level: str = "info"
     forward_to: tuple[str, ...] = ()  # engine URLs: postgresql://... and clickhouse://...
+    registry: str | None = field(default=None, repr=False)  # postgresql://... shared keys
     access_log: bool = True  # one JSON line per request
     metrics_per_project: bool = False  # a project label on the event counters
 

@@ -122,6 +122,18 @@ class ShuttingDown(IngestionError):
     headers = ((b"retry-after", b"1"),)
 
 
+class RegistryUnavailable(IngestionError):
+    """An unknown key while the shared key registry cannot be reached: it may be valid."""
+
+    status = 503
+    reason = "registry_unavailable"
+    detail = (
+        "This key cannot be checked right now (the key registry is unreachable);"
+        " nothing was stored. Retry later."
+    )
+    headers = ((b"retry-after", b"5"),)
+
+
 class StorageUnavailable(IngestionError):
     """The batch could not be made durable: the client must retry, nothing was stored."""
 
@@ -146,6 +158,7 @@ REJECTION_REASONS = (
     "rate_limited",
     "server_busy",
     "storage_unavailable",
+    "registry_unavailable",
     "shutting_down",
     "bad_request",
     "disconnected",

@@ -1,7 +1,9 @@
-"""Projects and their keys in the store: create, list, revoke, load, seed.
+"""Projects and their keys: what a key store offers, and the node's own SQLite one.
 
-Every change bumps ``meta.keys_version`` in the same transaction, which is how running
-servers notice it (``auth.KeyCache``) without reloading all keys on every request.
+A node keeps its keys in its own store (``StoreKeys``), or, when many nodes share keys,
+in a PostgreSQL registry (``registry.Registry``) with the same methods. Every change bumps
+a keys version in the same transaction, which is how running servers notice it
+(``auth.KeyCache``) without reloading all keys on every request.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from .auth import ActiveKey, generate_key, hash_key
 from .store import meta
@@ -34,60 +37,102 @@ class NewKey:
     project: str
     key: str
 
+    @property
+    def hint(self) -> str:
+        return "…" + self.key[-4:]
 
-def create_key(conn: sqlite3.Connection, project: str) -> NewKey:
-    """Create ``project`` if needed and a new key for it."""
-    key = generate_key()
-    key_id = "key_" + secrets.token_hex(6)
-    _store_key(conn, project, key_id, key)
-    return NewKey(key_id, project, key)
-
-
-def seed_key(conn: sqlite3.Connection, project: str, key: str) -> bool:
-    """Register an operator-chosen key (headless deployments); False if it already exists."""
-    digest = hash_key(key)
-    if conn.execute("SELECT 1 FROM api_keys WHERE key_hash = ?", (digest,)).fetchone():
-        return False
-    _store_key(conn, project, "key_" + digest[:12], key)
-    return True
+    @property
+    def hash(self) -> str:
+        return hash_key(self.key)
 
 
-def list_keys(conn: sqlite3.Connection) -> list[KeyInfo]:
-    rows = conn.execute(
-        "SELECT id, project, hint, created_at, revoked_at FROM api_keys ORDER BY created_at, id"
-    )
-    return [KeyInfo(*row) for row in rows]
+def new_key(project: str) -> NewKey:
+    """A fresh random key for ``project`` with a random public id."""
+    return NewKey("key_" + secrets.token_hex(6), project, generate_key())
 
 
-def revoke_key(conn: sqlite3.Connection, key_id: str) -> bool:
-    """Revoke a key by its public id; False if there is no such active key."""
-    with _change(conn):
-        cursor = conn.execute(
-            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-            (_now(), key_id),
+def chosen_key(project: str, key: str) -> NewKey:
+    """An operator-chosen key (``TRUBRICS_INIT_API_KEY``), with an id derived from its hash
+    so that every node seeding the same key names it the same."""
+    return NewKey("key_" + hash_key(key)[:12], project, key)
+
+
+class KeyStore(Protocol):
+    """Where a node's keys live: its own store, or a registry shared by many nodes."""
+
+    def create_key(self, project: str) -> NewKey:
+        """Create ``project`` if needed and a new key for it."""
+        ...
+
+    def seed_key(self, project: str, key: str) -> bool:
+        """Register an operator-chosen key; False if it already exists."""
+        ...
+
+    def list_keys(self) -> list[KeyInfo]: ...
+
+    def revoke_key(self, key_id: str) -> bool:
+        """Revoke a key by its public id; False if there is no such active key."""
+        ...
+
+    def load_active_keys(self, known_version: int | None) -> tuple[int, list[ActiveKey] | None]:
+        """The keys version, and the active keys if it differs from ``known_version``."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class StoreKeys:
+    """Keys in the node's SQLite store (one node, or nodes that each have their own keys)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def create_key(self, project: str) -> NewKey:
+        new = new_key(project)
+        self._store(new)
+        return new
+
+    def seed_key(self, project: str, key: str) -> bool:
+        new = chosen_key(project, key)
+        if self._conn.execute("SELECT 1 FROM api_keys WHERE key_hash = ?", (new.hash,)).fetchone():
+            return False
+        self._store(new)
+        return True
+
+    def list_keys(self) -> list[KeyInfo]:
+        rows = self._conn.execute(
+            "SELECT id, project, hint, created_at, revoked_at FROM api_keys ORDER BY created_at, id"
         )
-    return cursor.rowcount == 1
+        return [KeyInfo(*row) for row in rows]
 
+    def revoke_key(self, key_id: str) -> bool:
+        with _change(self._conn):
+            cursor = self._conn.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (now_us(), key_id),
+            )
+        return cursor.rowcount == 1
 
-def load_active_keys(
-    conn: sqlite3.Connection, known_version: int | None
-) -> tuple[int, list[ActiveKey] | None]:
-    """The keys version, and the active keys if that version differs from ``known_version``."""
-    version = meta(conn, "keys_version")
-    if version == known_version:
-        return version, None
-    rows = conn.execute("SELECT key_hash, id, project FROM api_keys WHERE revoked_at IS NULL")
-    return version, [ActiveKey(*row) for row in rows]
-
-
-def _store_key(conn: sqlite3.Connection, project: str, key_id: str, key: str) -> None:
-    now = _now()
-    with _change(conn):
-        conn.execute("INSERT OR IGNORE INTO projects VALUES (?, ?)", (project, now))
-        conn.execute(
-            "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL)",
-            (key_id, project, hash_key(key), "…" + key[-4:], now),
+    def load_active_keys(self, known_version: int | None) -> tuple[int, list[ActiveKey] | None]:
+        version = meta(self._conn, "keys_version")
+        if version == known_version:
+            return version, None
+        rows = self._conn.execute(
+            "SELECT key_hash, id, project FROM api_keys WHERE revoked_at IS NULL"
         )
+        return version, [ActiveKey(*row) for row in rows]
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _store(self, new: NewKey) -> None:
+        now = now_us()
+        with _change(self._conn):
+            self._conn.execute("INSERT OR IGNORE INTO projects VALUES (?, ?)", (new.project, now))
+            self._conn.execute(
+                "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL)",
+                (new.id, new.project, new.hash, new.hint, now),
+            )
 
 
 class _change:
@@ -107,5 +152,5 @@ class _change:
             self._conn.execute("ROLLBACK")
 
 
-def _now() -> int:
+def now_us() -> int:
     return time.time_ns() // 1000

@@ -12,21 +12,23 @@ import logging
 import signal
 import sqlite3
 import sys
-from functools import partial
 from importlib.metadata import version
 
 import uvicorn
 from starlette.types import ASGIApp
 
-from . import keys, logs, store
+from . import logs, store
 from .app import build_app
-from .auth import KeyCache, key_problem
+from .auth import KeyCache, PolledKeyCache, key_problem
 from .children import background_children
 from .config import Settings
 from .forward import parse_sink_url
 from .journal import Journal
+from .keys import KeyStore, StoreKeys
 from .metrics import Metrics
 from .protocol import ConnectionLimits, LimitedHttpToolsProtocol
+from .registry import Registry, parse_registry_url
+from .status import NodeStatus
 
 log = logging.getLogger("trubrics_ingestion")
 
@@ -35,8 +37,16 @@ def serve(settings: Settings) -> None:
     """Serve until stopped."""
     logs.configure(settings.log_level)
     conn = store.connect(settings.database_path)
-    _seed_key(conn, settings)
+    key_store = _key_store(settings, conn)
+    _seed_key(key_store, settings)
+    cache = _key_cache(key_store, settings)
     metrics = Metrics(database=settings.database_path, per_project=settings.metrics_per_project)
+    status = NodeStatus(
+        settings.database_path,
+        settings.forward_to,
+        cache if isinstance(cache, PolledKeyCache) else None,
+    )
+    metrics.registry.register(status)
     journal = Journal(
         settings.database_path, dedup_window_s=settings.dedup_window_s, metrics=metrics
     )
@@ -44,12 +54,9 @@ def serve(settings: Settings) -> None:
     children = background_children(settings.data_dir, settings.forward_to)
     for child in children:
         child.start()
-    cache = KeyCache(
-        partial(keys.load_active_keys, conn), refresh_interval_s=settings.key_refresh_interval_s
-    )
-    app = build_app(settings, keys=cache, sink=journal, metrics=metrics)
+    app = build_app(settings, keys=cache, sink=journal, metrics=metrics, readiness=status.readiness)
     log.info("starting", extra={"fields": startup_fields(settings)})
-    _hint_if_keyless(conn, settings)
+    _hint_if_keyless(key_store, settings)
     config = uvicorn_config(app, settings)
     _exit_zero_on_stop_signals()
     try:
@@ -59,8 +66,28 @@ def serve(settings: Settings) -> None:
         journal.close()
         for child in children:
             child.stop()
+        cache.close()
+        key_store.close()
         metrics.close()
         conn.close()
+
+
+def _key_store(settings: Settings, conn: sqlite3.Connection) -> KeyStore:
+    """The shared registry when configured, else the node's own store."""
+    if settings.registry:
+        return Registry(parse_registry_url(settings.registry))
+    return StoreKeys(conn)
+
+
+def _key_cache(key_store: KeyStore, settings: Settings) -> KeyCache | PolledKeyCache:
+    """A remote registry is polled by a thread (requests never wait on the network); the
+    local store is cheap enough to check on the request path."""
+    interval = settings.key_refresh_interval_s
+    if isinstance(key_store, Registry):
+        cache = PolledKeyCache(key_store.load_active_keys, refresh_interval_s=interval)
+        cache.start()
+        return cache
+    return KeyCache(key_store.load_active_keys, refresh_interval_s=interval)
 
 
 def startup_fields(settings: Settings) -> dict[str, object]:
@@ -70,6 +97,9 @@ def startup_fields(settings: Settings) -> dict[str, object]:
         "data_dir": str(settings.data_dir.resolve()),
         "bind": f"{settings.host}:{settings.port}",
         "forward_to": [parse_sink_url(url).display for url in settings.forward_to],
+        "key_registry": parse_registry_url(settings.registry).display
+        if settings.registry
+        else None,
         "limits": {
             "max_body_bytes": settings.max_body_bytes,
             "max_event_bytes": settings.max_event_bytes,
@@ -129,23 +159,34 @@ def _exit_zero_on_stop_signals() -> None:
         signal.signal(signum, stop)
 
 
-def _seed_key(conn: sqlite3.Connection, settings: Settings) -> None:
-    """Register ``TRUBRICS_INIT_API_KEY`` for ``TRUBRICS_INIT_PROJECT`` (headless deployments)."""
+def _seed_key(key_store: KeyStore, settings: Settings) -> None:
+    """Register ``TRUBRICS_INIT_API_KEY`` for ``TRUBRICS_INIT_PROJECT`` (headless deployments).
+    With an unreachable registry this is logged and skipped: another node, or this one's
+    next start, seeds it; the node serves meanwhile."""
     if not (settings.init_project and settings.init_api_key):
         return
     problem = key_problem(settings.init_api_key)
     if problem:
         log.critical("TRUBRICS_INIT_API_KEY is not usable as a key: %s", problem)
         raise SystemExit(1)
-    if keys.seed_key(conn, settings.init_project, settings.init_api_key.strip()):
+    try:
+        seeded = key_store.seed_key(settings.init_project, settings.init_api_key.strip())
+    except Exception as exc:
+        log.error("could not seed TRUBRICS_INIT_API_KEY in the key registry: %s", exc)
+        return
+    if seeded:
         log.info(
             "seeded a key from TRUBRICS_INIT_API_KEY",
             extra={"fields": {"project": settings.init_project}},
         )
 
 
-def _hint_if_keyless(conn: sqlite3.Connection, settings: Settings) -> None:
-    if not any(key.revoked_at is None for key in keys.list_keys(conn)):
+def _hint_if_keyless(key_store: KeyStore, settings: Settings) -> None:
+    """Tell a first-time user how to get a key (not with a registry: keys are managed
+    there, and an unreachable one would only delay the start)."""
+    if settings.registry:
+        return
+    if not any(key.revoked_at is None for key in key_store.list_keys()):
         command = f"{_this_command()} keys create --project default --data-dir {settings.data_dir}"
         log.warning(
             "No API keys yet. Create one with: %s", command, extra={"fields": {"command": command}}

@@ -30,10 +30,10 @@ import msgspec
 import psycopg
 from psycopg import errors
 
+from .. import pg
 from .sink import Row
 from .urls import SinkUrl
 
-CONNECT_TIMEOUT_S = 10
 STATEMENT_TIMEOUT_MS = 120_000  # a batch that takes longer is retried (idempotently)
 # Bumped when MIGRATIONS grows; the row lives in trubrics_schema(component='events').
 MIGRATIONS = (
@@ -53,7 +53,6 @@ MIGRATIONS = (
     CREATE INDEX events_by_thread ON events (project, thread_id) WHERE thread_id IS NOT NULL;
     """,
 )
-_LOCK_KEY = 0x7472_7562_7269_6373 % (1 << 63)  # "trubrics": serialises concurrent migrations
 _INSERT_COLUMNS = (
     "id, project, user_id, event, timestamp, thread_id, properties, received_at, source"
 )
@@ -85,31 +84,8 @@ class PostgresSink:
         return self._url.display
 
     def migrate(self) -> None:
-        """Apply missing migrations in one transaction under an advisory lock, so that
-        nodes starting together neither race on CREATE TABLE nor apply one twice."""
-        conn = self._connection()
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS trubrics_schema"
-                " (component text PRIMARY KEY, version integer NOT NULL)"
-            )
-            row = conn.execute(
-                "SELECT version FROM trubrics_schema WHERE component = 'events'"
-            ).fetchone()
-            version = 0 if row is None else int(row[0])
-            if version > len(MIGRATIONS):
-                raise RuntimeError(
-                    f"{self.name}: schema v{version} is newer than this release's"
-                    f" v{len(MIGRATIONS)}; refusing to write"
-                )
-            for script in MIGRATIONS[version:]:
-                conn.execute(script)
-            conn.execute(
-                "INSERT INTO trubrics_schema VALUES ('events', %s)"
-                " ON CONFLICT (component) DO UPDATE SET version = excluded.version",
-                (len(MIGRATIONS),),
-            )
+        """Create or upgrade ``events`` (safe from many nodes at once, see ``pg.migrate``)."""
+        pg.migrate(self._connection(), "events", MIGRATIONS)
 
     def encode(self, rows: Sequence[Row]) -> bytes:
         return encode_copy(rows)
@@ -148,21 +124,10 @@ class PostgresSink:
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            url = self._url
-            self._conn = psycopg.connect(
-                host=url.host,
-                port=url.port,
-                dbname=url.database,
-                user=url.user,
-                password=url.password,
-                autocommit=True,
-                connect_timeout=CONNECT_TIMEOUT_S,
-                application_name="trubrics-forwarder",
-                options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
-                keepalives=1,
-                keepalives_idle=30,
-                keepalives_interval=10,
-                keepalives_count=3,
+            self._conn = pg.connect(
+                self._url,
+                application="trubrics-forwarder",
+                statement_timeout_ms=STATEMENT_TIMEOUT_MS,
             )
         return self._conn
 
