@@ -233,6 +233,14 @@ def main() -> None:
     " space-separated): postgresql://USER@HOST:PORT/DB or clickhouse://HOST:PORT/DB[?cluster=C].",
 )
 @registry_option
+@click.option(
+    "--key-refresh-interval-s",
+    default=DEFAULTS.key_refresh_interval_s,
+    type=click.FloatRange(0.05, 10),
+    envvar="TRUBRICS_KEY_REFRESH_INTERVAL_S",
+    show_envvar=True,
+    help="How often the node looks for key changes (the time a revocation takes to bite).",
+)
 def serve(cors_origins: str, **options: Any) -> None:
     """Serve the ingestion API."""
     from .server import serve as run  # imports uvicorn only for this command

@@ -1,0 +1,201 @@
+"""The shared key registry: keys managed in PostgreSQL, used by several nodes at once.
+
+Real PostgreSQL (the module's own server: one test stops it), real ``serve --registry``
+nodes over real sockets, keys managed with the real CLI.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from conftest import CLI, Node
+from engines import PostgresServer
+from trubrics_ingestion.auth import hash_key
+
+EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
+REVOCATION_LIMIT_S = 10.0  # what the issue asks of every node
+_SENT = itertools.count()
+
+
+def registry_cli(url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, "keys", *args, "--registry", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=check,
+    )
+
+
+def create(url: str, project: str) -> dict[str, str]:
+    return json.loads(registry_cli(url, "create", "--project", project, "--json").stdout)
+
+
+def wait_for(check: Callable[[], bool], seconds: float) -> float:
+    """Seconds until ``check()`` held; fails the test after ``seconds``."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < seconds, "condition not met in time"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+@pytest.fixture
+def registry_nodes(postgres: PostgresServer, tmp_path: Path) -> Iterator[Callable[..., Node]]:
+    """Factory of nodes that take their keys from the module's PostgreSQL."""
+    nodes: list[Node] = []
+
+    def start(key: str = "", **env: str) -> Node:
+        data_dir = tmp_path / f"node{len(nodes)}"
+        env = {"TRUBRICS_REGISTRY": postgres.url, **env}
+        node = Node(data_dir=data_dir, key=key, project="", env=env).start()
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        if node.process is not None:
+            node.stop()
+
+
+def publish(node: Node, key: str) -> int:
+    """One event, distinct from every other (an identical body would be taken as a retry)."""
+    event = {**EVENT, "user_id": f"u{next(_SENT)}"}
+    return node.post("/publish_events", [event], key=key).status_code
+
+
+def test_keys_are_created_listed_and_revoked_in_the_registry(postgres: PostgresServer) -> None:
+    new = create(postgres.url, "shared")
+    assert new["key"].startswith("trb_") and new["project"] == "shared"
+    listed = [
+        json.loads(line)
+        for line in registry_cli(postgres.url, "list", "--json").stdout.split("\n")
+        if line
+    ]
+    mine = [key for key in listed if key["id"] == new["id"]]
+    assert mine == [
+        {"id": new["id"], "project": "shared", "hint": "…" + new["key"][-4:], "state": "active"}
+    ]
+    # Only the hash is stored.
+    dump = postgres.psql("SELECT id, project, key_hash, hint FROM trubrics_api_keys")
+    assert hash_key(new["key"]) in dump and new["key"] not in dump
+    assert "Revoked" in registry_cli(postgres.url, "revoke", new["id"]).stdout
+    again = registry_cli(postgres.url, "revoke", new["id"], check=False)
+    assert again.returncode == 1 and "no active key" in again.stderr
+
+
+def test_a_bad_or_unreachable_registry_is_a_clear_error(tmp_path: Path) -> None:
+    wrong = registry_cli("clickhouse://127.0.0.1:1/default", "list", check=False)
+    assert wrong.returncode == 2 and "must be PostgreSQL" in wrong.stderr
+    down = registry_cli("postgresql://postgres@127.0.0.1:1/postgres", "list", check=False)
+    assert down.returncode == 1 and "key registry" in down.stderr and "Traceback" not in down.stderr
+    serve = subprocess.run(
+        [*CLI, "serve", "--data-dir", str(tmp_path), "--registry", "mysql://x/y"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert serve.returncode == 2 and "mysql" in serve.stderr
+
+
+def test_two_nodes_share_keys_and_a_revocation_reaches_both_within_seconds(
+    postgres: PostgresServer, registry_nodes: Callable[..., Node]
+) -> None:
+    first, second = registry_nodes(), registry_nodes()
+    new = create(postgres.url, "two-nodes")
+    # A key created a moment ago works on both at once: an unknown key waits for a fresh look.
+    assert publish(first, new["key"]) == 200
+    assert publish(second, new["key"]) == 200
+    assert publish(first, "trb_" + "x" * 43) == 401
+    other = create(postgres.url, "two-nodes")  # a second key of the project keeps working
+    registry_cli(postgres.url, "revoke", new["id"])
+    took = [
+        wait_for(lambda node=node: publish(node, new["key"]) == 401, REVOCATION_LIMIT_S)
+        for node in (first, second)
+    ]
+    assert max(took) < REVOCATION_LIMIT_S
+    assert publish(first, other["key"]) == 200 and publish(second, other["key"]) == 200
+    print(f"revocation took {took[0]:.2f} s and {took[1]:.2f} s more")
+    for node in (first, second):
+        assert {event["project"] for event in node.export()} == {"two-nodes"}
+
+
+def test_nodes_seed_the_same_init_key_once(
+    postgres: PostgresServer, registry_nodes: Callable[..., Node]
+) -> None:
+    key = "trb_seeded_" + "s" * 32
+    env = {"TRUBRICS_INIT_PROJECT": "seeded", "TRUBRICS_INIT_API_KEY": key}
+    nodes = [registry_nodes(**env), registry_nodes(**env)]
+    assert [publish(node, key) for node in nodes] == [200, 200]
+    rows = postgres.psql(
+        f"SELECT count(*) FROM trubrics_api_keys WHERE key_hash = '{hash_key(key)}'"
+    )
+    assert rows.strip() == "1"
+
+
+def test_an_unreachable_registry_keeps_known_keys_and_says_so(
+    postgres: PostgresServer, registry_nodes: Callable[..., Node]
+) -> None:
+    known = create(postgres.url, "outage")
+    unknown = "trb_" + "u" * 43  # only the registry could say whether it is valid
+    node = registry_nodes(TRUBRICS_KEY_REFRESH_INTERVAL_S="0.2")
+    assert publish(node, known["key"]) == 200
+    ready = _readyz(node)
+    assert ready["key_registry"]["reachable"] is True and "warnings" not in ready
+    postgres.stop()
+    try:
+        wait_for(lambda: not _readyz(node)["key_registry"]["reachable"], 15)
+        assert publish(node, known["key"]) == 200  # known keys keep working
+        refused = node.post("/publish_events", [EVENT], key=unknown)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+        assert "registry" in refused.json()["detail"]
+        ready = _readyz(node)  # still ready: the node stores what it accepts
+        assert ready["status"] == "ready" and ready["key_registry"]["keys"] >= 1
+        assert ready["warnings"] == ["key registry unreachable: serving known keys only"]
+        metrics = requests.get(node.url + "/metrics", timeout=5).text
+        assert "trubrics_key_registry_reachable 0.0" in metrics
+        assert "key registry unreachable" in node.log()
+    finally:
+        postgres.start()
+    wait_for(lambda: _readyz(node)["key_registry"]["reachable"], 15)
+    assert publish(node, unknown) == 401
+    assert publish(node, create(postgres.url, "outage")["key"]) == 200
+    assert "reachable again" in node.log()
+    assert len(node.export()) == 3
+    assert known["key"] not in node.log()
+
+
+def test_readyz_and_metrics_show_the_forwarding_backlog(
+    make_node: Callable[..., Node], tmp_path: Path
+) -> None:
+    nowhere = "clickhouse://127.0.0.1:1/default"  # nothing listens: the backlog can only grow
+    node = make_node(env={"TRUBRICS_FORWARD_TO": nowhere})
+    assert node.post("/publish_events", [EVENT] * 30).status_code == 200
+
+    def backlog() -> Any:
+        return _readyz(node)["forwarding"][0]
+
+    wait_for(lambda: backlog()["backlog_events"] == 30, 15)
+    status = backlog()
+    assert status["engine"] == "clickhouse://127.0.0.1:1/default"
+    assert status["oldest_undelivered_age_s"] > 0
+    metrics = requests.get(node.url + "/metrics", timeout=5).text
+    assert (
+        'trubrics_forward_backlog_events{engine="clickhouse://127.0.0.1:1/default"} 30.0' in metrics
+    )
+    assert "trubrics_forward_oldest_undelivered_age_seconds{" in metrics
+
+
+def _readyz(node: Node) -> Any:
+    answer = requests.get(node.url + "/readyz", timeout=5)
+    assert answer.status_code == 200
+    return answer.json()
