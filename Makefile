@@ -28,6 +28,7 @@ test: install lint
 
 bench: install
 	bench/setup.sh
+	scripts/install-engines.sh
 	$(BIN)/python bench/run.py
 
 # Schemathesis against the served OpenAPI document, then a raw-bytes fuzz (not in `make test`).

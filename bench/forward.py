@@ -1,111 +1,334 @@
-"""Forwarding throughput: materialised events/s into PostgreSQL and into a 2-shard ClickHouse
-cluster, each on its own, then both at once (one thread per engine, as in production).
+"""Forwarding rates: events/s the real forwarder ships from a node's backlog into PostgreSQL,
+into a 2-shard ClickHouse cluster (a Distributed table), and into both at once.
 
-Not a test (``make test`` does not run it): ``.venv/bin/python bench/forward.py``. It
-starts throwaway engines (tests/engines.py, installed by scripts/install-engines.sh),
-builds a store of ``--events`` events through the real path (journal batches of 100,
-materialised by ``catch_up``), forwards them in ``--batch`` row batches, checks that each
-engine holds exactly that many, and prints events/s per engine plus where the Python
-time goes (SQLite read, row encoding). Target: >= 100,000 events/s into each engine.
-Medians of ``--rounds`` rounds; every round uses fresh tables.
+`make bench` (bench/run.py) runs this after its ingest rounds, on the store the last
+durable round left behind: the wrk batches that node acknowledged, materialised by the
+node itself. Every measurement gets fresh tables (a new database per engine, created
+before the clock starts: ON CLUSTER DDL is a one-off, not a rate), moves the forwarder's
+cursors back to ``backlog`` events before the newest with ``cursors.reset`` (the product's
+own "send again from here") and times the real ``Forwarder``, a thread per engine as in
+``serve --forward-to``, until each engine's cursor reaches the newest event. Each engine is
+then checked to hold exactly the backlog, each event once: row count, distinct ids, and
+an MD5 of the sorted ids equal to the store's (a lost, duplicated or foreign event fails).
+
+Target: >= 100,000 events/s into each engine, alone and both at once. Throwaway engines
+come from tests/engines.py (installed by scripts/install-engines.sh, as `make bench` does).
+
+Standalone, for working on the forwarder: ``.venv/bin/python bench/forward.py`` fills a
+store with a durable node under wrk (``--load`` seconds), or takes ``--data-dir`` of an
+existing node's store, and prints the same figures.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import hashlib
+import logging
 import os
+import sqlite3
 import statistics
 import sys
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import node
 
-from engines import ClickHouseCluster, PostgresServer
-from trubrics_ingestion.forward import Forwarder, forward_status, open_sink, parse_sink_url
+sys.path.insert(0, str(node.ROOT / "tests"))
+
+from engines import ClickHouseCluster, PostgresServer, engines_available
+from trubrics_ingestion.forward import Forwarder, open_sink, parse_sink_url
 from trubrics_ingestion.forward.clickhouse import encode_json_lines
-from trubrics_ingestion.forward.cursors import read_batch
+from trubrics_ingestion.forward.cursors import read_batch, reset
 from trubrics_ingestion.forward.postgres import encode_copy
-from trubrics_ingestion.materialise import catch_up
 from trubrics_ingestion.store import connect
 
 TARGET = 100_000
+BACKLOG_EVENTS = 400_000
+ENGINES = ("postgresql", "clickhouse")
+SETUPS = {"postgresql": ("postgresql",), "clickhouse": ("clickhouse",), "both": ENGINES}
+LABELS = {
+    "postgresql": "postgresql",
+    "clickhouse": "clickhouse cluster (2 shards)",
+    "both": "both at once",
+}
+POLL_S = 0.02
+DELIVER_TIMEOUT_S = 300.0
 
 
-def build_store(path: Path, events: int) -> None:
-    """``events`` realistic events (a quarter in threads, an LLM-sized text in some)."""
-    conn = connect(path)
-    now = time.time_ns() // 1000
-    bodies = []
-    for batch in range(events // 100):
-        items: list[dict[str, Any]] = []
-        for i in range(100):
-            n = batch * 100 + i
-            properties: dict[str, Any] = {"plan": "pro", "country": "FR", "n": n, "ok": True}
-            if n % 4 == 0:
-                properties["$thread_id"] = f"thread-{n % 1000}"
-            if n % 10 == 0:
-                properties["$text"] = "Une réponse assez longue.\n" * 8
-            items.append(
-                {
-                    "user_id": f"user_{n % 5000}",
-                    "event": ("Sign up", "Log in", "Purchase", "Generation")[n % 4],
-                    "timestamp": f"2026-06-20T12:{n // 60 % 60:02d}:{n % 60:02d}.{n % 10**6:06d}Z",
-                    "properties": properties,
-                }
-            )
-        bodies.append(("demo", "event", now, json.dumps(items).encode()))
-    conn.execute("BEGIN IMMEDIATE")
-    conn.executemany(
-        "INSERT INTO journal (project, source, received_at, body) VALUES (?, ?, ?, ?)", bodies
-    )
-    conn.execute("COMMIT")
-    catch_up(conn)
-    conn.close()
+# --- engines -------------------------------------------------------------------------
 
 
-def forward(database: Path, urls: list[str], batch: int, threaded: bool) -> float:
-    """Seconds to deliver the whole store to ``urls`` (cursors start at 0), once the
-    tables exist: creating them (ON CLUSTER DDL takes a while) is a one-off, not a rate."""
-    for url in urls:
-        sink = open_sink(parse_sink_url(url))
-        sink.migrate()
-        sink.close()
-    forwarder = Forwarder(database, urls, batch_rows=batch)
-    try:
-        started = time.perf_counter()
-        if threaded:
-            stop = threading.Event()
-            runner = threading.Thread(target=forwarder.run, args=(stop,))
-            runner.start()
-            while any(s.backlog_rows for s in forward_status(database, urls)):
-                time.sleep(0.02)
-            elapsed = time.perf_counter() - started
-            stop.set()
-            runner.join()
+@dataclass(frozen=True)
+class Destination:
+    """Fresh, empty tables in one engine: where one measurement forwards to."""
+
+    engine: str  # "postgresql" or "clickhouse"
+    database: str
+    url: str  # as --forward-to takes it
+
+    @property
+    def cursor(self) -> str:
+        """The id of this destination's cursor in the node's store."""
+        return parse_sink_url(self.url).id
+
+
+class Engines:
+    """The throwaway PostgreSQL server and 2-shard ClickHouse cluster of one bench run."""
+
+    def __init__(self, postgres: PostgresServer, clickhouse: ClickHouseCluster) -> None:
+        self.postgres = postgres
+        self.clickhouse = clickhouse
+
+    def fresh(self, engine: str) -> Destination:
+        """A new database in ``engine`` with the product's tables already created."""
+        name = f"bench_{uuid.uuid4().hex[:12]}"
+        if engine == "postgresql":
+            self.postgres.psql(f"CREATE DATABASE {name}")
+            url = self.postgres.url.rsplit("/", 1)[0] + "/" + name
         else:
-            while forwarder.step():
-                pass
-            elapsed = time.perf_counter() - started
-        assert not any(h.consecutive_failures for h in forwarder.health()), forwarder.health()
+            port, cluster = self.clickhouse.nodes[0].http_port, self.clickhouse.cluster
+            url = f"clickhouse://127.0.0.1:{port}/{name}?cluster={cluster}"
+        sink = open_sink(parse_sink_url(url))
+        try:
+            sink.migrate()
+        finally:
+            sink.close()
+        return Destination(engine, name, url)
+
+    def contents(self, dest: Destination) -> dict[str, Any]:
+        """Rows, distinct ids and the MD5 of the sorted ids (one a line) in ``dest``; for
+        ClickHouse, ``FINAL`` (each id once) and ``raw_rows`` (before merging: a batch sent
+        twice shows there, which the table's design absorbs but a clean run should not do)."""
+        if dest.engine == "postgresql":
+            out = self.postgres.psql(
+                "SELECT count(*), count(DISTINCT id),"
+                " md5(string_agg(id::text, E'\\n' ORDER BY id)) FROM events",
+                database=dest.database,
+            )
+            rows, distinct, digest = out.strip().split("|")
+            raw = rows
+        else:
+            table = f"{dest.database}.events"
+            out = self.clickhouse.query(
+                f"SELECT count(), uniqExact(id),"
+                f" lower(hex(MD5(arrayStringConcat(arraySort(groupArray(id)), '\\n'))))"
+                f" FROM {table} FINAL"
+            )
+            rows, distinct, digest = out.strip().split("\t")
+            raw = self.clickhouse.query(f"SELECT count() FROM {table}").strip()
+        return {"rows": int(rows), "distinct": int(distinct), "raw_rows": int(raw), "md5": digest}
+
+    def check(self, dest: Destination, expected: Backlog) -> dict[str, Any]:
+        """``dest``'s contents and the verdict: "exact" when it holds the backlog's events,
+        each once, and nothing else."""
+        found = self.contents(dest)
+        exact = found["rows"] == found["distinct"] == expected.events
+        exact = exact and found["md5"] == expected.md5
+        found["verdict"] = "exact" if exact else "MISMATCH"
+        if not exact:
+            print(
+                f"\n!!! {dest.engine} HOLDS OTHER EVENTS THAN THE STORE: {found},"
+                f" expected {expected.events} events, md5 {expected.md5}\n",
+                file=sys.stderr,
+                flush=True,
+            )
+        return found
+
+    def drop(self, dest: Destination) -> None:
+        """Free the engine of a finished measurement's rows (each shard on its own: no
+        distributed DDL queue to wait for)."""
+        if dest.engine == "postgresql":
+            self.postgres.psql(f"DROP DATABASE {dest.database}")
+        else:
+            for shard in self.clickhouse.nodes:
+                shard.query(f"DROP DATABASE IF EXISTS {dest.database}")
+
+
+@contextmanager
+def engines() -> Iterator[Engines]:
+    """Start PostgreSQL and the ClickHouse cluster (with its ZooKeeper); stop them after."""
+    reason = engines_available()
+    if reason is not None:
+        raise SystemExit(f"bench: the engines cannot run here: {reason}")
+    started = time.monotonic()
+    with PostgresServer() as postgres, ClickHouseCluster(shards=2) as clickhouse:
+        elapsed = time.monotonic() - started
+        print(f"engines: PostgreSQL and a 2-shard ClickHouse cluster up in {elapsed:.1f} s")
+        yield Engines(postgres, clickhouse)
+
+
+# --- the backlog ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """The newest ``events`` events of a node's store: what one measurement forwards."""
+
+    database: Path
+    after: int  # the cursor: every event with a larger seq is in the backlog
+    events: int
+    md5: str  # of the backlog's ids, sorted, one a line
+
+
+def backlog_of(database: Path, events: int = 0) -> Backlog:
+    """The newest ``events`` events of a fully materialised store (0: all of them)."""
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
+    try:
+        pending = conn.execute("SELECT count(*) FROM journal").fetchone()[0]
+        if pending:
+            raise RuntimeError(f"{database}: {pending} journal batches not materialised yet")
+        total = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+        events = total if events <= 0 else min(events, total)
+        below = conn.execute(
+            "SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?", (events,)
+        ).fetchone()
+        after = 0 if below is None else int(below[0])
+        found = conn.execute("SELECT id FROM events WHERE seq > ?", (after,))
+        ids = sorted(row[0] for row in found)
     finally:
+        conn.close()
+    assert len(ids) == events, (len(ids), events)
+    return Backlog(database, after, events, ids_md5(ids))
+
+
+def ids_md5(ids: Sequence[str]) -> str:
+    """What ``Engines.contents`` computes in the engines, here for the store."""
+    return hashlib.md5("\n".join(ids).encode()).hexdigest()
+
+
+# --- forwarding ----------------------------------------------------------------------
+
+
+class _ErrorCount(logging.Handler):
+    """Counts the forwarder's error logs: a failed batch is retried (and would be sent
+    twice), so a clean measurement has none."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.count = 0
+        self.first: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        self.first = self.first or record.getMessage()
+
+
+def deliver(backlog: Backlog, dests: Sequence[Destination]) -> tuple[dict[str, float], int]:
+    """Seconds until each destination has confirmed the whole backlog, and how many errors
+    the forwarder logged meanwhile."""
+    conn = connect(backlog.database)
+    try:
+        for dest in dests:
+            reset(conn, dest.cursor, backlog.after)
+    finally:
+        conn.close()
+    urls = [dest.url for dest in dests]
+    forwarder = Forwarder(backlog.database, urls)  # production's batch size
+    errors = _ErrorCount()
+    logger = logging.getLogger("trubrics_ingestion.forward")
+    logger.addHandler(errors)
+    stop = threading.Event()
+    runner = threading.Thread(target=forwarder.run, args=(stop,), name="forwarder")
+    done: dict[str, float] = {}
+    started = time.perf_counter()
+    runner.start()
+    try:
+        while len(done) < len(dests):
+            time.sleep(POLL_S)
+            statuses = forwarder.status()
+            elapsed = time.perf_counter() - started
+            for dest, status in zip(dests, statuses, strict=True):
+                if dest.engine not in done and status.backlog_rows == 0:
+                    done[dest.engine] = elapsed
+            if elapsed > DELIVER_TIMEOUT_S:
+                health = forwarder.health()
+                raise RuntimeError(f"backlog not delivered in {elapsed:.0f} s: {health}")
+    finally:
+        stop.set()
+        runner.join()
         forwarder.close()
-    return elapsed
+        logger.removeHandler(errors)
+    if errors.count:
+        print(f"\n!!! FORWARDER ERRORS ({errors.count}): {errors.first}\n", file=sys.stderr)
+    return done, errors.count
 
 
-def python_costs(database: Path, batch: int) -> dict[str, float]:
-    """Rows/s of each Python stage alone: reading from SQLite, encoding for each engine."""
-    conn = connect(database)
-    started, after, batches = time.perf_counter(), 0, []
+@dataclass
+class Run:
+    """One setup (one engine, or both) forwarding the backlog once."""
+
+    setup: str  # a key of SETUPS
+    round: int
+    events: int
+    seconds: dict[str, float]  # per engine: until it had confirmed the whole backlog
+    forwarder_errors: int
+    checks: dict[str, dict[str, Any]]  # per engine: Engines.check
+
+    def events_per_s(self, engine: str | None = None) -> float:
+        """Into ``engine``, or (None) until every engine of the setup had everything."""
+        seconds = self.seconds[engine] if engine else max(self.seconds.values())
+        return self.events / seconds
+
+    @property
+    def verified(self) -> bool:
+        return all(check["verdict"] == "exact" for check in self.checks.values())
+
+
+def forward_round(engines: Engines, backlog: Backlog, index: int) -> list[Run]:
+    """Each setup once, in an order that rotates with ``index`` (drift hits all alike)."""
+    order = list(SETUPS)
+    shift = (index - 1) % len(order)
+    runs = []
+    for setup in order[shift:] + order[:shift]:
+        dests = [engines.fresh(engine) for engine in SETUPS[setup]]
+        seconds, errors = deliver(backlog, dests)
+        checks = {dest.engine: engines.check(dest, backlog) for dest in dests}
+        for dest in dests:
+            engines.drop(dest)
+        runs.append(Run(setup, index, backlog.events, seconds, errors, checks))
+        progress(runs[-1])
+    return runs
+
+
+def progress(run: Run) -> None:
+    rates = "  ".join(f"{e} {run.events_per_s(e):>9,.0f}/s" for e in SETUPS[run.setup])
+    verdicts = " ".join(check["verdict"] for check in run.checks.values())
+    print(
+        f"forward round {run.round} {run.setup:>10}: {run.events_per_s():>9,.0f} events/s"
+        f"  ({rates})  errors {run.forwarder_errors}  [{verdicts}]",
+        flush=True,
+    )
+
+
+def measure(engines: Engines, backlog: Backlog, rounds: int) -> list[Run]:
+    print(
+        f"forwarding a backlog of {backlog.events:,} events, {rounds} rounds"
+        f" (load average {os.getloadavg()[0]:.2f})",
+        flush=True,
+    )
+    return [run for index in range(1, rounds + 1) for run in forward_round(engines, backlog, index)]
+
+
+# --- where the Python time goes ------------------------------------------------------
+
+
+def python_costs(backlog: Backlog, batch: int = 5000) -> dict[str, float]:
+    """Rows/s of each Python stage of the forwarder alone, on one core: reading the store,
+    encoding for each engine (what the forwarder's threads share one GIL for)."""
+    conn = connect(backlog.database)
+    started, after, batches = time.perf_counter(), backlog.after, []
     while rows := read_batch(conn, after, batch):
         batches.append(rows)
         after = rows[-1][0]
     read = time.perf_counter() - started
+    conn.close()
     total = sum(map(len, batches))
     costs = {"sqlite read": total / read}
     for name, encode in (("COPY encode", encode_copy), ("JSONEachRow encode", encode_json_lines)):
@@ -113,60 +336,92 @@ def python_costs(database: Path, batch: int) -> dict[str, float]:
         for rows in batches:
             encode(rows)
         costs[name] = total / (time.perf_counter() - started)
-    conn.close()
     return costs
+
+
+# --- summary -------------------------------------------------------------------------
+
+
+def summarise(runs: list[Run], costs: dict[str, float], target: float) -> dict[str, Any]:
+    """Medians per setup (and per engine within "both"), each against ``target``."""
+    summary: dict[str, Any] = {"target": target, "events": runs[0].events if runs else 0}
+    rates: dict[str, list[float]] = {}
+    for run in runs:
+        rates.setdefault(run.setup, []).append(run.events_per_s())
+        if len(SETUPS[run.setup]) > 1:
+            for engine in SETUPS[run.setup]:
+                rates.setdefault(f"{run.setup}: {engine}", []).append(run.events_per_s(engine))
+    summary["rates"] = {
+        name: {"median": statistics.median(values), "rounds": values, "pass": None}
+        for name, values in rates.items()
+    }
+    for row in summary["rates"].values():
+        row["pass"] = row["median"] >= target
+    summary["drain_events_per_s"] = summary["rates"]["both"]["median"]
+    summary["pass"] = all(row["pass"] for row in summary["rates"].values())
+    summary["verified"] = all(run.verified for run in runs)
+    summary["forwarder_errors"] = sum(run.forwarder_errors for run in runs)
+    summary["python_rows_per_s"] = costs
+    summary["runs"] = [asdict(run) for run in runs]
+    return summary
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    target = summary["target"]
+    print(
+        f"\nforwarding a backlog of {summary['events']:,} events into fresh tables, real"
+        f" Forwarder (a thread per engine), medians of {len(summary['rates']['both']['rounds'])}"
+        f" rounds:\n"
+    )
+    print(f"{'':34}{'events/s':>10}  {'target':>8}")
+    for name, row in summary["rates"].items():
+        label = name if name.startswith("both:") else LABELS[name]
+        if name == "both":
+            label += " (both had everything)"
+        runs = ", ".join(f"{rate:,.0f}" for rate in row["rounds"])
+        verdict = "PASS" if row["pass"] else "FAIL"
+        print(f"{label:34}{row['median']:>10,.0f}  {target:>8,.0f}  {verdict}   ({runs})")
+    costs = ", ".join(f"{k} {v:,.0f}" for k, v in summary["python_rows_per_s"].items())
+    print(f"forwarder's Python work alone, rows/s on one core: {costs}")
+    verdict = "exact" if summary["verified"] else "MISMATCH"
+    errors = summary["forwarder_errors"]
+    print(
+        f"verification: each engine held the backlog's events, each once (count, distinct ids,"
+        f" MD5 of the ids = the store's): {verdict}; forwarder errors: {errors}"
+    )
+
+
+# --- standalone ----------------------------------------------------------------------
+
+
+def loaded_store(workdir: Path, seconds: int, wrk: node.Wrk) -> Path:
+    """A durable node's store after ``seconds`` of wrk, every batch materialised."""
+    with node.running("durable", workdir) as server:
+        load = node.run_wrk(server, seconds, wrk)
+    stored = node.stored_events(server.data_dir)  # materialises what is left
+    print(f"store: {load.events_per_s:,.0f} events/s acknowledged, {stored:,} stored")
+    return server.database
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--batch", type=int, default=5000)
+    parser.add_argument("--data-dir", type=Path, help="a node's data dir (default: fill one)")
+    parser.add_argument("--load", type=int, default=5, help="seconds of wrk to fill the store")
+    parser.add_argument("--events", type=int, default=BACKLOG_EVENTS, help="0: the whole store")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        PostgresServer() as postgres,
-        ClickHouseCluster(shards=2) as clickhouse,
-    ):
-        print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-        database = Path(tmp) / "trubrics.db"
-        started = time.perf_counter()
-        build_store(database, args.events)
-        elapsed = time.perf_counter() - started
-        print(f"store: {args.events:,} events materialised in {elapsed:.1f} s")
-        for stage, rate in python_costs(database, args.batch).items():
-            print(f"  python {stage:<20} {rate:>12,.0f} rows/s")
-        results: dict[str, list[float]] = {}
-        for _ in range(args.rounds):
-            name = f"b_{uuid.uuid4().hex[:8]}"
-            postgres.psql(f"CREATE DATABASE {name}")
-            pg = postgres.url.rsplit("/", 1)[0] + "/" + name
-            ch_port = clickhouse.nodes[0].http_port
-            ch = f"clickhouse://127.0.0.1:{ch_port}/{name}?cluster={clickhouse.cluster}"
-            for label, urls, threaded in (
-                ("postgresql", [pg], False),
-                ("clickhouse cluster", [ch], False),
-            ):
-                seconds = forward(database, urls, args.batch, threaded)
-                results.setdefault(label, []).append(args.events / seconds)
-            # both at once, into fresh tables (the cursors are per destination)
-            name2 = f"{name}_both"
-            postgres.psql(f"CREATE DATABASE {name2}")
-            both = [pg.rsplit("/", 1)[0] + "/" + name2, ch.replace(f"/{name}?", f"/{name2}?")]
-            seconds = forward(database, both, args.batch, threaded=True)
-            results.setdefault("both at once (each)", []).append(args.events / seconds)
-            pg_rows = postgres.psql("SELECT count(*) FROM events", database=name).strip()
-            ch_rows = clickhouse.query(f"SELECT count() FROM {name}.events FINAL").strip()
-            assert pg_rows == ch_rows == str(args.events), (pg_rows, ch_rows)
-        print(f"load average after: {os.getloadavg()[0]:.2f} (this run adds about 2)")
-        failed = False
-        for label, rates in results.items():
-            median = statistics.median(rates)
-            verdict = "ok" if median >= TARGET else "BELOW TARGET"
-            failed |= median < TARGET and not label.startswith("both")
-            runs = ", ".join(f"{rate:,.0f}" for rate in rates)
-            print(f"{label:<22} {median:>10,.0f} events/s  ({runs})  {verdict}")
-    return 1 if failed else 0
+    with tempfile.TemporaryDirectory(prefix="bench-forward-") as tmp:
+        if args.data_dir:
+            database = args.data_dir / "trubrics.db"
+        else:
+            database = loaded_store(Path(tmp), args.load, node.Wrk(connections=64, threads=1))
+        backlog = backlog_of(database, args.events)
+        costs = python_costs(backlog)
+        with engines() as running:
+            runs = measure(running, backlog, args.rounds)
+    summary = summarise(runs, costs, TARGET)
+    print_summary(summary)
+    return 0 if summary["verified"] else 1
 
 
 if __name__ == "__main__":

@@ -12,8 +12,17 @@ Absolute numbers depend on the machine, and wrk shares it with the server. Ackno
 can outrun materialising (the backlog then drains after the run), so the durable rate
 is also reported "sustained": the run's events over the time until all were rows.
 
-Exit status 1 means a correctness problem (non-200s, stored != acknowledged), not a
-missed target: that is printed as FAIL, and the figures are in bench/results/latest.json.
+Then, in the same run, forwarding into real engines (PostgreSQL, and ClickHouse as a
+Distributed table over 2 shards; scripts/install-engines.sh installs them): the events/s
+the real forwarder ships from the last durable round's store into each engine and into
+both at once (bench/forward.py), that drain rate against the durable ingest rate above
+(> 1: a backlog drains faster than the node ingests), and one end-to-end figure, a node
+serving with ``--forward-to`` both engines under wrk (bench/end_to_end.py). Every engine is
+checked to hold exactly the events it was sent, each once.
+
+Exit status 1 means a correctness problem (non-200s, stored != acknowledged, an engine
+holding other events than the store), not a missed target: that is printed as FAIL, and
+the figures are in bench/results/latest.json.
 """
 
 from __future__ import annotations
@@ -22,33 +31,35 @@ import argparse
 import json
 import os
 import platform
-import secrets
-import signal
-import socket
-import sqlite3
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-SCRIPT = BENCH / "publish.lua"
-EVENTS_PER_REQUEST = 100  # the batch publish.lua sends
-CLI = [sys.executable, "-m", "trubrics_ingestion"]
+import end_to_end
+import forward
+from node import (
+    BENCH,
+    EVENTS_PER_REQUEST,
+    ROOT,
+    Load,
+    Server,
+    Wrk,
+    cpu_seconds,
+    drain,
+    memory_mb,
+    run_wrk,
+    running,
+    stored_events,
+    verify,
+)
+
 KINDS = ("floor", "durable")
-START_TIMEOUT_S = 20.0
-STOP_TIMEOUT_S = 30.0
-RESULT_PREFIX = "BENCH_RESULT "
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -62,53 +73,15 @@ class Options:
     threads: int
     drain_timeout_s: float
     target: float
+    forward_rounds: int
+    forward_events: int
+    forward_target: float
+    end_to_end_s: int
     output: Path
 
-
-@dataclass
-class Load:
-    """What one wrk run reported (counts are exact; see publish.lua's done())."""
-
-    duration_us: int
-    requests: int
-    started: int
-    ok: int
-    non200: int
-    statuses: dict[str, int]
-    body_bytes: int
-    socket_errors: dict[str, int]
-    latency_us: dict[str, float]
-
     @property
-    def unanswered(self) -> int:
-        """At most this many requests were cut off by wrk's deadline: maybe stored, unanswered.
-
-        An upper bound: wrk asks the script for one request per thread more than it sends.
-        """
-        return self.started - self.ok - self.non200
-
-    @property
-    def requests_per_s(self) -> float:
-        return self.ok / (self.duration_us / 1e6)
-
-
-@dataclass
-class Server:
-    """A running server subprocess and where its files live."""
-
-    kind: str
-    process: subprocess.Popen[bytes]
-    port: int
-    data_dir: Path
-    key: str
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def database(self) -> Path:
-        return self.data_dir / "trubrics.db"
+    def wrk(self) -> Wrk:
+        return Wrk(connections=self.connections, threads=self.threads)
 
 
 @dataclass
@@ -131,198 +104,16 @@ class Round:
     durable: dict[str, Any] = field(default_factory=dict)
 
 
-# --- servers -------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A loopback port nobody holds right now (the OS picks it: bind to port 0)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def create_key(data_dir: Path) -> str:
-    """A real key made by the real CLI, so both servers authenticate the same way."""
-    out = subprocess.run(
-        [*CLI, "keys", "create", "--project", "bench", "--json", "--data-dir", str(data_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    return str(json.loads(out)["key"])
-
-
-def server_command(kind: str, port: int, data_dir: Path) -> list[str]:
-    """The durable server is the product's own ``serve``; the floor is bench/floor.py."""
-    common = ["--port", str(port), "--data-dir", str(data_dir)]
-    if kind == "durable":
-        return [*CLI, "serve", *common]
-    return [sys.executable, str(BENCH / "floor.py"), *common]
-
-
-@contextmanager
-def running(kind: str, workdir: Path) -> Iterator[Server]:
-    """Start a server and always stop it, whatever happens in between."""
-    data_dir = workdir / f"{kind}-data"
-    key = create_key(data_dir)
-    port = free_port()
-    with open(workdir / f"{kind}.log", "wb") as log:
-        process = subprocess.Popen(
-            server_command(kind, port, data_dir), stdout=log, stderr=subprocess.STDOUT
-        )
-    server = Server(kind, process, port, data_dir, key)
-    try:
-        wait_healthy(server, workdir / f"{kind}.log")
-        yield server
-    finally:
-        stop(process)
-
-
-def wait_healthy(server: Server, log: Path) -> None:
-    """Poll /healthz: the server is only loaded once it answers."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"{server.kind} server exited early:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(server.url + "/healthz", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.05)
-    raise RuntimeError(f"{server.kind} server did not start in {START_TIMEOUT_S}s")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (the durable server commits what is queued), SIGKILL if it hangs."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-# --- measuring -----------------------------------------------------------------------
-
-
-def run_wrk(server: Server, seconds: int, opts: Options) -> Load:
-    """One bounded wrk run against loopback; fails loudly if the script did not report."""
-    command = [
-        "wrk",
-        f"-t{opts.threads}",
-        f"-c{opts.connections}",
-        f"-d{seconds}s",
-        "--timeout",
-        "10s",
-        "--latency",
-        "-s",
-        str(SCRIPT),
-        server.url,
-    ]
-    env = {**os.environ, "BENCH_API_KEY": server.key, "BENCH_RUN": secrets.token_hex(4)}
-    done = subprocess.run(
-        command, capture_output=True, text=True, env=env, timeout=seconds + 60, check=False
-    )
-    for line in done.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            sys.stderr.write(done.stderr)  # publish.lua shouts about non-200s there
-            return Load(**json.loads(line[len(RESULT_PREFIX) :]))
-    raise RuntimeError(f"wrk gave no result (exit {done.returncode}):\n{done.stdout}{done.stderr}")
-
-
-def memory_mb(pid: int) -> tuple[float, float]:
-    """Resident set now and its high-water mark, in MiB, from /proc/PID/status."""
-    fields: dict[str, float] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            fields[name] = int(value.split()[0]) / 1024
-    return fields["VmRSS"], fields["VmHWM"]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU the process (all its threads) has used so far."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    after_name = stat.rsplit(")", 1)[1].split()
-    return (int(after_name[11]) + int(after_name[12])) / CLOCK_TICKS
-
-
-def journal_backlog(database: Path) -> int:
-    """Batches acknowledged but not yet materialised, read through a read-only connection.
-
-    Not the ``events count`` CLI: that materialises the backlog itself, which would make
-    the server's own catch-up look faster than it is.
-    """
-    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
-    try:
-        return int(conn.execute("SELECT count(*) FROM journal").fetchone()[0])
-    finally:
-        conn.close()
-
-
-def drain(database: Path, timeout_s: float) -> dict[str, Any]:
-    """How long the writer thread takes to materialise what is journaled (bounded wait)."""
-    start = time.monotonic()
-    backlog = journal_backlog(database)
-    remaining = backlog
-    while remaining and time.monotonic() - start < timeout_s:
-        time.sleep(0.05)
-        remaining = journal_backlog(database)
-    elapsed = time.monotonic() - start
-    return {"backlog_batches": backlog, "remaining_batches": remaining, "drain_s": elapsed}
-
-
-def stored_events(data_dir: Path) -> int:
-    """The product's own answer to "how many events are stored"."""
-    out = subprocess.run(
-        [*CLI, "events", "count", "--data-dir", str(data_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout
-    return int(out.strip())
-
-
-def verify(stored: int, loads: list[Load]) -> dict[str, Any]:
-    """Every 200 must be stored; requests wrk cut off unanswered may or may not be.
-
-    wrk stops at its deadline with requests in flight: the server may have committed
-    them (their 200 was never read), so the store can hold up to ``unanswered`` batches
-    more than the 200s. Anything outside that window is a real loss or duplication.
-    """
-    acknowledged = sum(load.ok for load in loads) * EVENTS_PER_REQUEST
-    slack = sum(load.unanswered for load in loads) * EVENTS_PER_REQUEST
-    extra = stored - acknowledged
-    if extra == 0:
-        verdict = "exact"
-    elif 0 < extra <= slack and extra % EVENTS_PER_REQUEST == 0:
-        verdict = "ok"
-    else:
-        verdict = "MISMATCH"
-    return {
-        "stored_events": stored,
-        "acknowledged_events": acknowledged,
-        "unanswered_events_max": slack,
-        "verdict": verdict,
-    }
-
-
 # --- one round -----------------------------------------------------------------------
 
 
-def measure(kind: str, index: int, opts: Options) -> Round:
-    """Start, warm up, load, read the figures, stop: one server, one round."""
-    with (
-        tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as tmp,
-        running(kind, Path(tmp)) as server,
-    ):
-        warmup = run_wrk(server, opts.warmup_s, opts)
+def measure(kind: str, index: int, opts: Options, workdir: Path) -> Round:
+    """Start, warm up, load, read the figures, stop: one server, one round, its files in
+    ``workdir``."""
+    with running(kind, workdir) as server:
+        warmup = run_wrk(server, opts.warmup_s, opts.wrk)
         cpu_before = cpu_seconds(server.process.pid)
-        load = run_wrk(server, opts.duration_s, opts)
+        load = run_wrk(server, opts.duration_s, opts.wrk)
         cpu = cpu_seconds(server.process.pid) - cpu_before
         rss, hwm = memory_mb(server.process.pid)
         result = to_round(kind, index, load, warmup, rss, hwm, cpu)
@@ -366,7 +157,7 @@ def to_round(
         kind=kind,
         round=index,
         requests_per_s=load.requests_per_s,
-        events_per_s=load.requests_per_s * EVENTS_PER_REQUEST,
+        events_per_s=load.events_per_s,
         p50_ms=latency["p50"] / 1000,
         p90_ms=latency["p90"] / 1000,
         p99_ms=latency["p99"] / 1000,
@@ -453,6 +244,27 @@ def print_table(summary: dict[str, Any], opts: Options) -> None:
     print(f"verification: {stored}; non-200 responses: {summary['non200']}")
 
 
+def drain_vs_ingest(summary: dict[str, Any], forwarding: dict[str, Any]) -> dict[str, Any]:
+    """How fast a backlog drains into both engines against how fast the node ingests."""
+    drain_rate = forwarding["drain_events_per_s"]
+    ingest = summary["durable"]["events_per_s"]
+    return {
+        "drain_events_per_s": drain_rate,
+        "durable_events_per_s": ingest,
+        "ratio": drain_rate / ingest,
+        "pass": drain_rate > ingest,
+    }
+
+
+def print_drain_vs_ingest(row: dict[str, Any]) -> None:
+    verdict = "PASS" if row["pass"] else "FAIL"
+    print(
+        f"backlog drain into both engines / durable ingest: {row['drain_events_per_s']:,.0f}"
+        f" / {row['durable_events_per_s']:,.0f} = {row['ratio']:.2f}"
+        f" (> 1: drains faster than the node ingests): {verdict}"
+    )
+
+
 def write_json(rounds: list[Round], summary: dict[str, Any], opts: Options) -> None:
     opts.output.parent.mkdir(parents=True, exist_ok=True)
     document = {
@@ -486,6 +298,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--drain-timeout", type=float, default=60.0, help="seconds")
     parser.add_argument("--target", type=float, default=0.30, help="durable/floor to pass")
+    parser.add_argument("--forward-rounds", type=int, default=3, help="0: no engines at all")
+    parser.add_argument(
+        "--forward-events", type=int, default=forward.BACKLOG_EVENTS, help="backlog; 0: all"
+    )
+    parser.add_argument("--forward-target", type=float, default=forward.TARGET, help="events/s")
+    parser.add_argument("--end-to-end", type=int, default=10, help="seconds of load; 0: skip")
     parser.add_argument("--output", type=Path, default=BENCH / "results" / "latest.json")
     args = parser.parse_args(argv)
     return Options(
@@ -496,6 +314,10 @@ def parse_options(argv: list[str] | None = None) -> Options:
         threads=args.threads,
         drain_timeout_s=args.drain_timeout,
         target=args.target,
+        forward_rounds=args.forward_rounds,
+        forward_events=args.forward_events,
+        forward_target=args.forward_target,
+        end_to_end_s=args.end_to_end,
         output=args.output,
     )
 
@@ -508,16 +330,64 @@ def schedule(rounds: int) -> Iterator[tuple[int, str]]:
             yield index, kind
 
 
+def ingest_rounds(opts: Options, workdir: Path) -> tuple[list[Round], Path]:
+    """The floor and durable rounds; also the database the last durable round left (the
+    others are deleted as soon as they are done: each holds about a million events)."""
+    rounds: list[Round] = []
+    kept: Path | None = None
+    for index, kind in schedule(opts.rounds):
+        round_dir = workdir / f"{kind}-{index}"
+        round_dir.mkdir()
+        rounds.append(measure(kind, index, opts, round_dir))
+        progress(rounds[-1])
+        if kind == "durable":
+            if kept is not None:
+                shutil.rmtree(kept)
+            kept = round_dir
+        else:
+            shutil.rmtree(round_dir)
+    assert kept is not None, "no durable round"
+    return rounds, kept / "durable-data" / "trubrics.db"
+
+
+def engine_stages(opts: Options, workdir: Path, store: Path) -> dict[str, Any]:
+    """Forwarding rates from the durable store's backlog, then the end-to-end node."""
+    backlog = forward.backlog_of(store, opts.forward_events)
+    costs = forward.python_costs(backlog)
+    results: dict[str, Any] = {}
+    with forward.engines() as engines:
+        runs = forward.measure(engines, backlog, opts.forward_rounds)
+        results["forward"] = forward.summarise(runs, costs, opts.forward_target)
+        if opts.end_to_end_s:
+            print(f"end to end: a node forwarding to both engines, wrk {opts.end_to_end_s} s")
+            e2e_dir = workdir / "end-to-end"
+            e2e_dir.mkdir()
+            results["end_to_end"] = end_to_end.measure(
+                engines, e2e_dir, opts.end_to_end_s, opts.wrk, timeout_s=600.0
+            )
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = parse_options(argv)
-    rounds: list[Round] = []
-    for index, kind in schedule(opts.rounds):
-        rounds.append(measure(kind, index, opts))
-        progress(rounds[-1])
-    summary = summarise(rounds, opts)
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        rounds, store = ingest_rounds(opts, Path(tmp))
+        summary = summarise(rounds, opts)
+        if opts.forward_rounds:
+            summary.update(engine_stages(opts, Path(tmp), store))
     print_table(summary, opts)
+    ok = summary["verified"] and summary["non200"] == 0
+    if "forward" in summary:
+        forward.print_summary(summary["forward"])
+        summary["drain_vs_ingest"] = drain_vs_ingest(summary, summary["forward"])
+        print_drain_vs_ingest(summary["drain_vs_ingest"])
+        ok = ok and summary["forward"]["verified"]
+    if "end_to_end" in summary:
+        e2e = summary["end_to_end"]
+        end_to_end.print_summary(e2e, summary["durable"]["events_per_s"])
+        ok = ok and e2e["verified"] and e2e["non200"] == 0
     write_json(rounds, summary, opts)
-    return 0 if summary["verified"] and summary["non200"] == 0 else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
