@@ -56,3 +56,20 @@ def test_serve_forwards_acknowledged_events_to_both_engines(
     ids = {e["id"] for e in node.export()}
     some = postgres.psql("SELECT id FROM events WHERE user_id = 'fwd-3-7'").strip()
     assert some in ids
+
+
+def test_delivered_events_are_pruned_after_the_retention(
+    make_node,  # type: ignore[no-untyped-def]
+    postgres: PostgresServer,
+) -> None:
+    env = {"TRUBRICS_FORWARD_TO": postgres.url, "TRUBRICS_FORWARD_RETENTION_S": "0"}
+    node: Node = make_node(env=env)
+    for n in range(3):
+        batch = [{**EVENT, "user_id": f"pruned-{n}-{i}"} for i in range(100)]
+        assert node.post("/publish_events", batch).status_code == 200
+    pg = "SELECT count(*) FROM events WHERE user_id LIKE 'pruned-%'"
+    wait_until(lambda: postgres.psql(pg).strip() == "300")
+    # Delivered everywhere and older than 0 s: gone from the node, but for the newest row,
+    # which is always kept (its seq must not be handed out again).
+    wait_until(lambda: node.cli("events", "count").stdout.strip() == "1")
+    assert postgres.psql(pg).strip() == "300"

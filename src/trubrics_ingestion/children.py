@@ -15,6 +15,8 @@ import sys
 import threading
 from pathlib import Path
 
+from .config import Settings
+
 log = logging.getLogger("trubrics_ingestion.children")
 
 
@@ -50,10 +52,14 @@ class Child:
                 self._process = subprocess.Popen(self._command)
 
 
-def background_children(data_dir: Path, forward_to: tuple[str, ...]) -> list[Child]:
+def background_children(settings: Settings) -> list[Child]:
     """The materialiser, and a forwarder when there are engines to forward to."""
+    data_dir = settings.data_dir
     children = [Child("materialiser", ["events", "materialise", "--follow"], data_dir)]
-    if forward_to:
-        targets = [arg for url in forward_to for arg in ("--to", url)]
-        children.append(Child("forwarder", ["forward", *targets], data_dir))
+    if settings.forward_to:
+        args = [arg for url in settings.forward_to for arg in ("--to", url)]
+        args += ["--max-backoff-s", str(settings.forward_max_backoff_s)]
+        if settings.forward_retention_s is not None:
+            args += ["--retention-s", str(settings.forward_retention_s)]
+        children.append(Child("forwarder", ["forward", *args], data_dir))
     return children

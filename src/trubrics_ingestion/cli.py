@@ -232,6 +232,22 @@ def main() -> None:
     help="Engine to ship stored events to, at least once (repeatable; in the environment,"
     " space-separated): postgresql://USER@HOST:PORT/DB or clickhouse://HOST:PORT/DB[?cluster=C].",
 )
+@click.option(
+    "--forward-retention-s",
+    type=click.FloatRange(0),
+    envvar="TRUBRICS_FORWARD_RETENTION_S",
+    show_envvar=True,
+    help="Delete events from this node once every engine has them and they are this old"
+    " [default: keep them].",
+)
+@click.option(
+    "--forward-max-backoff-s",
+    default=DEFAULTS.forward_max_backoff_s,
+    type=click.FloatRange(0.5, 3600),
+    envvar="TRUBRICS_FORWARD_MAX_BACKOFF_S",
+    show_envvar=True,
+    help="Longest wait between attempts at an engine that is down.",
+)
 @registry_option
 @click.option(
     "--key-refresh-interval-s",
@@ -271,16 +287,39 @@ def migrate(url: str) -> None:
 
 @main.command()
 @click.option("--to", "urls", multiple=True, required=True, help="Engine URL (repeatable).")
+@click.option(
+    "--retention-s",
+    type=click.FloatRange(0),
+    help="Delete delivered events this old [default: keep them].",
+)
+@click.option(
+    "--max-backoff-s",
+    default=DEFAULTS.forward_max_backoff_s,
+    type=click.FloatRange(0.5, 3600),
+    help="Longest wait between attempts at an engine that is down.",
+)
 @click.option("--parent-pid", type=int, hidden=True, help="Exit when this process is gone.")
 @data_dir_option
-def forward(urls: tuple[str, ...], parent_pid: int | None, data_dir: Path) -> None:
+def forward(
+    urls: tuple[str, ...],
+    retention_s: float | None,
+    max_backoff_s: float,
+    parent_pid: int | None,
+    data_dir: Path,
+) -> None:
     """Ship stored events to engines, in order, until interrupted (serve runs this itself)."""
     from .forward import run_forever
 
     logs.configure(DEFAULTS.log_level)
     database = Settings(data_dir=data_dir).database_path
     with contextlib.suppress(KeyboardInterrupt):
-        run_forever(database, _engine_urls(urls), parent_pid=parent_pid)
+        run_forever(
+            database,
+            _engine_urls(urls),
+            parent_pid=parent_pid,
+            retention_s=retention_s,
+            backoff_max_s=max_backoff_s,
+        )
 
 
 def _engine_urls(urls: tuple[str, ...]) -> tuple[str, ...]:

@@ -35,6 +35,8 @@ class Settings:
     max_buffered_bytes: int = 256 * 1024 * 1024  # request bodies held in memory at once
     log_level: str = "info"
     forward_to: tuple[str, ...] = ()  # engine URLs: postgresql://... and clickhouse://...
+    forward_retention_s: float | None = None  # delete delivered events after; None keeps them
+    forward_max_backoff_s: float = 30.0  # longest wait between attempts at a failing engine
     registry: str | None = field(default=None, repr=False)  # postgresql://... shared keys
     access_log: bool = True  # one JSON line per request
     metrics_per_project: bool = False  # a project label on the event counters

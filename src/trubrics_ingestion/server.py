@@ -51,7 +51,7 @@ def serve(settings: Settings) -> None:
         settings.database_path, dedup_window_s=settings.dedup_window_s, metrics=metrics
     )
     journal.start()
-    children = background_children(settings.data_dir, settings.forward_to)
+    children = background_children(settings)
     for child in children:
         child.start()
     app = build_app(settings, keys=cache, sink=journal, metrics=metrics, readiness=status.readiness)
@@ -97,6 +97,8 @@ def startup_fields(settings: Settings) -> dict[str, object]:
         "data_dir": str(settings.data_dir.resolve()),
         "bind": f"{settings.host}:{settings.port}",
         "forward_to": [parse_sink_url(url).display for url in settings.forward_to],
+        "forward_retention_s": settings.forward_retention_s,
+        "forward_max_backoff_s": settings.forward_max_backoff_s,
         "key_registry": parse_registry_url(settings.registry).display
         if settings.registry
         else None,

@@ -44,7 +44,7 @@ IDLE_POLL_S = 0.2  # when everything is delivered: how soon new events leave the
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 PARENT_CHECK_S = 0.5
-PRUNE_EVERY_S = 60.0
+PRUNE_EVERY_MAX_S = 60.0  # a short retention is pruned more often: a tenth of it, from 1 s
 STOP_TIMEOUT_S = 10.0
 
 SinkFactory = Callable[[SinkUrl], Sink]
@@ -259,7 +259,7 @@ class Forwarder:
         retention_s: float | None = None,
     ) -> None:
         """Run every worker in its own thread until ``stop`` is set or ``parent_pid`` is
-        no longer our parent; prune delivered events every minute if ``retention_s``."""
+        no longer our parent; prune delivered events regularly if ``retention_s``."""
         threads = [
             threading.Thread(
                 target=_work, args=(worker, stop), name=f"forward {worker.url.id}", daemon=True
@@ -275,7 +275,7 @@ class Forwarder:
                     log.info("parent process %d is gone; the forwarder stops", parent_pid)
                     break
                 if retention_s is not None and time.monotonic() >= next_prune:
-                    next_prune = time.monotonic() + PRUNE_EVERY_S
+                    next_prune = time.monotonic() + _prune_every_s(retention_s)
                     self._prune(retention_s)
         finally:
             stop.set()
@@ -312,6 +312,10 @@ def _work(worker: SinkWorker, stop: threading.Event) -> None:
             delivered = 0
         if not delivered:
             stop.wait(worker.pause_s())
+
+
+def _prune_every_s(retention_s: float) -> float:
+    return min(max(retention_s / 10, 1.0), PRUNE_EVERY_MAX_S)
 
 
 def _open_store(database: Path) -> sqlite3.Connection:
