@@ -45,18 +45,8 @@ class NodeStatus:
         details: dict[str, Any] = {}
         warnings: list[str] = []
         if self._urls:
-            details["forwarding"] = forwarding = []
-            for url, status in zip(self._urls, self._forward_status() or [], strict=False):
-                age = status.oldest_undelivered_age_s
-                forwarding.append(
-                    {
-                        "engine": url.display,
-                        "backlog_events": status.backlog_rows,
-                        "oldest_undelivered_age_s": None if age is None else round(age, 3),
-                    }
-                )
-                if age is not None and age > FORWARD_LAG_WARNING_S:
-                    warnings.append(f"forwarding to {url.display} is {age:.0f} s behind")
+            details["forwarding"], lagging = self._forwarding()
+            warnings += lagging
         if self._registry is not None:
             registry = self._registry.status()
             ago = registry.last_loaded_s_ago
@@ -70,6 +60,25 @@ class NodeStatus:
         if warnings:
             details["warnings"] = warnings
         return details
+
+    def _forwarding(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """Per engine its backlog, and warnings for those far behind."""
+        statuses = self._forward_status()
+        if statuses is None:
+            return [], ["the forwarding backlog cannot be read from the store"]
+        forwarding, warnings = [], []
+        for url, status in zip(self._urls, statuses, strict=True):
+            age = status.oldest_undelivered_age_s
+            forwarding.append(
+                {
+                    "engine": url.display,
+                    "backlog_events": status.backlog_rows,
+                    "oldest_undelivered_age_s": None if age is None else round(age, 3),
+                }
+            )
+            if age is not None and age > FORWARD_LAG_WARNING_S:
+                warnings.append(f"forwarding to {url.display} is {age:.0f} s behind")
+        return forwarding, warnings
 
     def describe(self) -> Iterable[Metric]:
         return []  # names are only known once the engines are: nothing to check up front
