@@ -1,0 +1,526 @@
+"""Two ingestion nodes in front of one PostgreSQL and one 2-shard ClickHouse cluster, end to
+end: real ``trubrics-ingestion serve`` processes (each with its own data dir, the same key
+seeded by ``TRUBRICS_INIT_API_KEY``, both forwarding to both engines), loaded concurrently
+by client threads sending batches of 100 uniquely marked events to either node.
+
+Whatever happens to an engine or a node, each engine must end with exactly the events the
+nodes acknowledged: N rows, N distinct ids, and each id (with its user_id) one that a node
+exports. The cases: plain load (and the rows spread over both shards), ClickHouse down for
+10 s under load, PostgreSQL down for 10 s under load (the nodes answer 200 throughout), and
+``kill -9`` of a node's every process while its backlog towards the engines is non-empty.
+
+The engines are module-scoped and shared by the tests, so every test marks its events with
+its own ``user_id`` prefix and counts only those; an outage test always restarts its engine.
+
+The nodes keep the forwarder's default backoff (0.5 s doubling up to 30 s), as deployed: an
+outage of 10.5 s is usually over by the attempt ~15.5 s after the first failure, and every
+wait has a deadline that also allows for a full 30 s step on a slow machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import Node
+from engines import ClickHouseCluster, PostgresServer
+from trubrics_ingestion.forward import forward_status
+
+PROJECT = "multinode"
+KEY = "trb_" + secrets.token_urlsafe(32)  # 43 url-safe characters, as the node's own keys
+EVENTS_PER_BATCH = 100
+WORKERS = 4
+REQUEST_TIMEOUT_S = 15.0
+OUTAGE_S = 10.5  # an engine stays fully stopped this long (the issue asks for >= 10 s)
+CONVERGE_S = 120.0  # room for one 30 s backoff step and a slow 2-core machine
+BATCH_SHAPE = {"event": "multinode", "timestamp": "2026-06-20T12:00:00Z"}
+
+
+# --- nodes ------------------------------------------------------------------------------------
+
+
+def database_of(node: Node) -> Path:
+    return node.data_dir / "trubrics.db"
+
+
+def _stat(pid: int) -> tuple[int, str, bytes] | None:
+    """(ppid, state, cmdline) of a process, or None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[1]), fields[0], cmdline
+
+
+def children_of(server_pid: int) -> list[int]:
+    """The node's materialiser and forwarder: children of the server, or processes started
+    with its ``--parent-pid`` (which also finds one re-parented after the server died)."""
+    marker = b"\0--parent-pid\0" + str(server_pid).encode() + b"\0"
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != server_pid:
+            info = _stat(int(entry.name))
+            alive = info is not None and info[1] not in ("Z", "X")
+            if alive and info is not None and (info[0] == server_pid or marker in info[2]):
+                found.append(int(entry.name))
+    return found
+
+
+def is_gone(pid: int) -> bool:
+    info = _stat(pid)
+    return info is None or info[1] in ("Z", "X")
+
+
+def kill_node(node: Node) -> list[int]:
+    """SIGKILL the server and every child it started, as a power cut would; returns the
+    children's pids. Leaves ``node`` stopped, ready for ``start()`` on the same data dir."""
+    assert node.process is not None
+    server = node.process.pid
+    children = children_of(server)
+    for pid in [server, *children]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    node.process.wait(10)
+    node.process = None
+    late = [pid for pid in children_of(server) if pid not in children]
+    for pid in late:  # a child the server's watcher restarted between the scan and the kill
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    victims = children + late
+    deadline = time.monotonic() + 10
+    while not all(is_gone(pid) for pid in victims):
+        assert time.monotonic() < deadline, f"killed children still running: {victims}"
+        time.sleep(0.02)
+    return victims
+
+
+@pytest.fixture
+def nodes(
+    tmp_path: Path, postgres: PostgresServer, clickhouse: ClickHouseCluster
+) -> Iterator[list[Node]]:
+    """Two running nodes, each its own data dir, same seeded key, forwarding to both engines."""
+    env = {
+        "TRUBRICS_INIT_PROJECT": PROJECT,
+        "TRUBRICS_INIT_API_KEY": KEY,
+        "TRUBRICS_FORWARD_TO": f"{postgres.url} {clickhouse.url}",
+    }
+    started: list[Node] = []
+    try:
+        for n in range(2):
+            node = Node(data_dir=tmp_path / f"node{n}", key=KEY, project=PROJECT, env=env)
+            started.append(node)
+            node.start()
+        yield started
+    finally:
+        for node in started:
+            if node.process is not None:
+                if node.process.poll() is None:
+                    kill_node(node)
+                else:
+                    node.process = None
+
+
+# --- load -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    node: int  # index of the node it was sent to (a resend goes to the same one: its dedup)
+    body: bytes
+    status: int | None = None  # the latest answer; None: no answer (connection lost)
+    text: str = ""
+    answered_at: float = 0.0
+
+
+@dataclass
+class Load:
+    """``WORKERS`` threads posting uniquely marked batches of 100 events, alternating between
+    the nodes that are up, each with ``pause_s`` between its batches (and stopping after
+    ``batches`` each, if given). A batch is never resent while the load runs."""
+
+    nodes: list[Node]
+    prefix: str
+    pause_s: float = 0.0
+    batches: int | None = None
+    sent: dict[str, Batch] = field(default_factory=dict)
+    up: list[bool] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def __enter__(self) -> Load:
+        self.up = [True] * len(self.nodes)
+        self._threads = [
+            threading.Thread(target=self._work, args=(w,), name=f"load-{w}", daemon=True)
+            for w in range(WORKERS)
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join()
+
+    def join(self) -> None:
+        for thread in self._threads:
+            thread.join(REQUEST_TIMEOUT_S + 5)
+        assert not any(t.is_alive() for t in self._threads), "a load thread hangs"
+
+    def body(self, tag: str) -> bytes:
+        events = [
+            {**BATCH_SHAPE, "user_id": f"{tag}-{i}", "properties": {"tag": tag, "i": i}}
+            for i in range(EVENTS_PER_BATCH)
+        ]
+        return json.dumps(events).encode()
+
+    def _work(self, worker: int) -> None:
+        sessions = [requests.Session() for _ in self.nodes]
+        n = 0
+        while not self._stop.is_set() and (self.batches is None or n < self.batches):
+            candidates = [i for i, up in enumerate(self.up) if up]
+            if not candidates:
+                time.sleep(0.05)
+                continue
+            target = candidates[(worker + n) % len(candidates)]
+            tag = f"{self.prefix}-w{worker}-b{n}"
+            batch = Batch(target, self.body(tag))
+            with self.lock:
+                self.sent[tag] = batch
+            n += 1
+            try:
+                self.deliver(batch, sessions[target])
+            except requests.RequestException:
+                sessions[target].close()
+                sessions[target] = requests.Session()
+            if self.pause_s:
+                self._stop.wait(self.pause_s)
+        for session in sessions:
+            session.close()
+
+    def deliver(self, batch: Batch, session: requests.Session | None = None) -> None:
+        """Post ``batch`` to its node and file the answer (None when there is none)."""
+        post = (session or requests).post
+        try:
+            response = post(
+                self.nodes[batch.node].url + "/publish_events",
+                data=batch.body,
+                headers={"x-api-key": KEY, "content-type": "application/json"},
+                timeout=REQUEST_TIMEOUT_S,
+            )
+        except requests.RequestException:
+            with self.lock:
+                batch.status, batch.text = None, "no answer"
+            raise
+        with self.lock:
+            batch.status, batch.text = response.status_code, response.text
+            batch.answered_at = time.monotonic()
+
+    def resend_unanswered(self) -> int:
+        """Send the batches that got no answer again, byte for byte, to the node they were
+        sent to: it stores each exactly once, whether or not the first attempt was stored."""
+        unanswered = [batch for batch in self.sent.values() if batch.status is None]
+        for batch in unanswered:
+            self.deliver(batch)
+        return len(unanswered)
+
+    def statuses(self) -> dict[int | None, int]:
+        with self.lock:
+            counts: dict[int | None, int] = {}
+            for batch in self.sent.values():
+                counts[batch.status] = counts.get(batch.status, 0) + 1
+            return counts
+
+    def acked_between(self, node: int, start: float, end: float) -> int:
+        with self.lock:
+            return sum(
+                1
+                for b in self.sent.values()
+                if b.node == node and b.status == 200 and start <= b.answered_at <= end
+            )
+
+    def check_all_acknowledged(self) -> int:
+        """Every batch answered 200 with the right count; returns the events sent."""
+        wrong = [
+            (tag, b.status, b.text[:200])
+            for tag, b in self.sent.items()
+            if b.status != 200
+            or {k: v for k, v in json.loads(b.text).items() if k != "duplicate"}
+            != {"status": "success", "events": EVENTS_PER_BATCH}
+        ]
+        assert not wrong, f"{len(wrong)} batches not acknowledged, e.g. {wrong[:5]}"
+        return len(self.sent) * EVENTS_PER_BATCH
+
+    def user_ids(self) -> set[str]:
+        return {f"{tag}-{i}" for tag in self.sent for i in range(EVENTS_PER_BATCH)}
+
+    def wait_for_acks(self, count: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.statuses().get(200, 0) < count:
+            assert time.monotonic() < deadline, f"fewer than {count} acks in {timeout_s} s"
+            time.sleep(0.05)
+
+
+# --- checks -----------------------------------------------------------------------------------
+
+
+def new_prefix(name: str) -> str:
+    """A per-test mark for user_ids (no ``_`` or ``%``: it is used in LIKE patterns)."""
+    return f"mn-{name}-{uuid.uuid4().hex[:8]}"
+
+
+def pg_counts(postgres: PostgresServer, prefix: str) -> tuple[int, int]:
+    out = postgres.psql(
+        f"SELECT count(*), count(DISTINCT id) FROM events WHERE user_id LIKE '{prefix}-%'"
+    )
+    total, distinct = out.strip().split("|")
+    return int(total), int(distinct)
+
+
+def ch_counts(clickhouse: ClickHouseCluster, prefix: str) -> tuple[int, int]:
+    out = clickhouse.query(
+        f"SELECT count(), uniqExact(id) FROM events FINAL WHERE user_id LIKE '{prefix}-%'"
+    )
+    total, distinct = out.split()
+    return int(total), int(distinct)
+
+
+def backlogs(node: Node, urls: list[str]) -> list[int]:
+    """Rows of ``node`` not yet confirmed by each engine, read from its store."""
+    return [status.backlog_rows for status in forward_status(database_of(node), urls)]
+
+
+def journal_pending(node: Node) -> int:
+    """Acknowledged batches of ``node`` not yet turned into rows (read-only)."""
+    uri = f"{database_of(node).resolve().as_uri()}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=10)
+    try:
+        return int(conn.execute("SELECT count(*) FROM journal").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: Callable[[], str]) -> float:
+    """Poll ``condition`` (errors count as "not yet"); the seconds it took, or fail."""
+    started = time.monotonic()
+    while True:
+        with contextlib.suppress(Exception):
+            if condition():
+                return time.monotonic() - started
+        if time.monotonic() - started > timeout_s:
+            pytest.fail(f"not within {timeout_s} s: {what()}")
+        time.sleep(0.25)
+
+
+def check_engines_hold_exactly_what_was_acknowledged(
+    nodes: list[Node],
+    load: Load,
+    postgres: PostgresServer,
+    clickhouse: ClickHouseCluster,
+) -> dict[str, float]:
+    """Every batch acknowledged; both nodes' backlogs drained; each engine holds exactly the
+    N exported events, once each, with their ids; ClickHouse's spread over both shards."""
+    expected = load.check_all_acknowledged()
+    prefix = load.prefix
+    exported: dict[str, str] = {}
+    per_node = []
+    for node in nodes:
+        records = node.export()
+        per_node.append(len(records))
+        for record in records:
+            id_ = record["id"].lower()
+            assert id_ not in exported, f"id {id_} exported twice"
+            exported[id_] = record["user_id"]
+    assert len(exported) == expected, (len(exported), expected)
+    assert set(exported.values()) == load.user_ids()
+    assert min(per_node) > 0, f"a node stored nothing: {per_node}"
+
+    urls = [postgres.url, clickhouse.url]
+    drained_s = wait_until(
+        lambda: (
+            all(b == 0 for node in nodes for b in backlogs(node, urls))
+            and pg_counts(postgres, prefix)[0] == expected
+            and ch_counts(clickhouse, prefix)[0] == expected
+        ),
+        CONVERGE_S,
+        lambda: (
+            f"expected {expected}; postgres {pg_counts(postgres, prefix)}, clickhouse"
+            f" {ch_counts(clickhouse, prefix)}, backlogs {[backlogs(n, urls) for n in nodes]}"
+            f"\n{nodes[0].log()[-3000:]}\n{nodes[1].log()[-3000:]}"
+        ),
+    )
+    assert pg_counts(postgres, prefix) == (expected, expected)
+    assert ch_counts(clickhouse, prefix) == (expected, expected)
+
+    in_pg = dict(
+        line.split("|")
+        for line in postgres.psql(
+            f"SELECT id, user_id FROM events WHERE user_id LIKE '{prefix}-%'"
+        ).split("\n")
+        if line
+    )
+    assert in_pg == exported
+    in_ch = dict(
+        line.split("\t")
+        for line in clickhouse.query(
+            f"SELECT id, user_id FROM events FINAL WHERE user_id LIKE '{prefix}-%'"
+        ).split("\n")
+        if line
+    )
+    assert in_ch == exported
+
+    per_shard = [
+        int(
+            clickhouse.query(
+                f"SELECT count() FROM events_local FINAL WHERE user_id LIKE '{prefix}-%'",
+                node=shard,
+            )
+        )
+        for shard in range(len(clickhouse.nodes))
+    ]
+    assert sum(per_shard) == expected and min(per_shard) > expected // 4, per_shard
+    raw = int(clickhouse.query(f"SELECT count() FROM events WHERE user_id LIKE '{prefix}-%'"))
+    return {
+        "events": expected,
+        "drained_s": round(drained_s, 1),
+        "ch_rows_before_final": raw,
+        "node0": per_node[0],
+        "node1": per_node[1],
+        "shard1": per_shard[0],
+        "shard2": per_shard[1],
+    }
+
+
+def report(capsys: pytest.CaptureFixture[str], name: str, figures: dict[str, object]) -> None:
+    with capsys.disabled():
+        print(f"\n[multinode] {name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
+
+
+# --- tests ------------------------------------------------------------------------------------
+
+
+def test_two_nodes_forward_every_event_once_to_both_engines(
+    nodes: list[Node],
+    postgres: PostgresServer,
+    clickhouse: ClickHouseCluster,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ids = [
+        [key["id"] for key in map(json.loads, node.cli("keys", "list", "--json").stdout.split())]
+        for node in nodes
+    ]
+    assert ids[0] == ids[1] and len(ids[0]) == 1, ids  # the seeded key, named alike on both
+
+    started = time.monotonic()
+    with Load(nodes, new_prefix("spread"), batches=15) as load:
+        load.join()
+    figures = check_engines_hold_exactly_what_was_acknowledged(nodes, load, postgres, clickhouse)
+    report(capsys, "two nodes", {**figures, "total_s": round(time.monotonic() - started, 1)})
+
+
+@pytest.mark.parametrize("engine", ["clickhouse", "postgres"])
+def test_an_engine_down_for_10_s_under_load_loses_and_doubles_nothing(
+    engine: str,
+    nodes: list[Node],
+    postgres: PostgresServer,
+    clickhouse: ClickHouseCluster,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    target: PostgresServer | ClickHouseCluster = postgres if engine == "postgres" else clickhouse
+    url = target.url
+    started = time.monotonic()
+    with Load(nodes, new_prefix(f"down-{engine}"), pause_s=0.3) as load:
+        load.wait_for_acks(20, 30)
+        stopping = time.monotonic()
+        try:
+            target.stop()
+            down = time.monotonic()
+            time.sleep(OUTAGE_S)
+            # The nodes kept acknowledging and the engine's backlog grew on both.
+            outage_backlogs = [backlogs(node, [url])[0] for node in nodes]
+            up_at = time.monotonic()
+        finally:
+            target.start()
+        restarted = time.monotonic()
+        acks_while_down = [load.acked_between(n, down, up_at) for n in range(len(nodes))]
+        time.sleep(2)
+    assert load.statuses() == {200: len(load.sent)}, load.statuses()
+    assert all(acks > 10 for acks in acks_while_down), acks_while_down
+    assert all(backlog > 0 for backlog in outage_backlogs), outage_backlogs
+
+    figures = check_engines_hold_exactly_what_was_acknowledged(nodes, load, postgres, clickhouse)
+    report(
+        capsys,
+        f"{engine} down",
+        {
+            **figures,
+            "stop_s": round(down - stopping, 1),
+            "down_s": round(up_at - down, 1),
+            "restart_s": round(restarted - up_at, 1),
+            "batches_acked_while_down": acks_while_down,
+            "backlog_at_restart": outage_backlogs,
+            "total_s": round(time.monotonic() - started, 1),
+        },
+    )
+
+
+def test_kill_9_of_a_node_mid_forward_loses_and_doubles_nothing(
+    nodes: list[Node],
+    postgres: PostgresServer,
+    clickhouse: ClickHouseCluster,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    urls = [postgres.url, clickhouse.url]
+    victim = nodes[0]
+    started = time.monotonic()
+
+    def mid_forward() -> bool:
+        """Both engines have some of the victim's rows and some are still to be sent."""
+        statuses = forward_status(database_of(victim), urls)
+        return all(s.cursor > 0 for s in statuses) and any(s.backlog_rows for s in statuses)
+
+    with Load(nodes, new_prefix("kill"), pause_s=0.02) as load:
+        load.wait_for_acks(20, 30)
+        wait_until(mid_forward, 30, lambda: f"no backlog: {backlogs(victim, urls)}")
+        load.up[0] = False
+        children = kill_node(victim)
+        # The kill left work towards the engines: rows past a cursor, or batches to expand.
+        left = backlogs(victim, urls)
+        pending = journal_pending(victim)
+        time.sleep(1)
+        victim.start()
+        load.up[0] = True
+        time.sleep(2)
+    assert len(children) == 2, f"expected the materialiser and the forwarder: {children}"
+    assert max(left) > 0, f"nothing left to forward at the kill: {left}, journal {pending}"
+    unanswered = load.resend_unanswered()
+    figures = check_engines_hold_exactly_what_was_acknowledged(nodes, load, postgres, clickhouse)
+    report(
+        capsys,
+        "kill -9",
+        {
+            **figures,
+            "backlog_at_kill": left,
+            "journal_at_kill": pending,
+            "resent": unanswered,
+            "total_s": round(time.monotonic() - started, 1),
+        },
+    )
