@@ -36,7 +36,7 @@ class Settings:
     log_level: str = "info"
     forward_to: tuple[str, ...] = ()  # engine URLs: postgresql://... and clickhouse://...
     forward_retention_s: float | None = None  # delete delivered events after; None keeps them
-    forward_max_backoff_s: float = 30.0  # longest wait between attempts at a failing engine
+    forward_max_backoff_s: float = 10.0  # longest wait between attempts at a failing engine
     registry: str | None = field(default=None, repr=False)  # postgresql://... shared keys
     access_log: bool = True  # one JSON line per request
     metrics_per_project: bool = False  # a project label on the event counters

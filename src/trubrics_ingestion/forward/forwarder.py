@@ -11,8 +11,8 @@ instead of adding up. A prefetched batch is used only if it still follows the cu
 
 Each engine has its own threads, cursor and backoff, so an engine that is down or slow
 never holds back the others. A failing engine is retried after 0.5 s, doubling up to
-30 s, with an error logged at every attempt: the forwarder itself never gives up and
-never crashes on an engine's account. The store keeps the backlog meanwhile (see
+10 s (``serve --forward-max-backoff-s``), with an error logged at every attempt: the
+forwarder itself never gives up and never crashes on an engine's account. The store keeps the backlog meanwhile (see
 ``forward_status``).
 """
 
@@ -42,7 +42,7 @@ log = logging.getLogger("trubrics_ingestion.forward")
 BATCH_ROWS = 5000  # large batches: both engines pay per statement far more than per row
 IDLE_POLL_S = 0.2  # when everything is delivered: how soon new events leave the node
 BACKOFF_START_S = 0.5
-BACKOFF_MAX_S = 30.0
+BACKOFF_MAX_S = 10.0  # an engine back from an outage waits at most this long for us
 PARENT_CHECK_S = 0.5
 PRUNE_EVERY_MAX_S = 60.0  # a short retention is pruned more often: a tenth of it, from 1 s
 STOP_TIMEOUT_S = 10.0
