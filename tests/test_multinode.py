@@ -1,20 +1,21 @@
 """Two ingestion nodes in front of one PostgreSQL and one 2-shard ClickHouse cluster, end to
-end: real ``trubrics-ingestion serve`` processes (each with its own data dir, the same key
-seeded by ``TRUBRICS_INIT_API_KEY``, both forwarding to both engines), loaded concurrently
-by client threads sending batches of 100 uniquely marked events to either node.
+end: real ``trubrics-ingestion serve`` processes (each with its own data dir, sharing one key
+registry in the PostgreSQL, where both seed the same key from ``TRUBRICS_INIT_API_KEY``,
+both forwarding to both engines), loaded concurrently by client threads sending batches of
+100 uniquely marked events to either node.
 
 Whatever happens to an engine or a node, each engine must end with exactly the events the
 nodes acknowledged: N rows, N distinct ids, and each id (with its user_id) one that a node
 exports. The cases: plain load (and the rows spread over both shards), ClickHouse down for
-10 s under load, PostgreSQL down for 10 s under load (the nodes answer 200 throughout), and
+10 s under load, PostgreSQL down for 10 s under load (the registry with it: the nodes answer
+200 throughout with the key they know), and
 ``kill -9`` of a node's every process while its backlog towards the engines is non-empty.
 
 The engines are module-scoped and shared by the tests, so every test marks its events with
 its own ``user_id`` prefix and counts only those; an outage test always restarts its engine.
 
-The nodes keep the forwarder's default backoff (0.5 s doubling up to 30 s), as deployed: an
-outage of 10.5 s is usually over by the attempt ~15.5 s after the first failure, and every
-wait has a deadline that also allows for a full 30 s step on a slow machine.
+The nodes keep the forwarder's default backoff (0.5 s doubling up to 10 s), as deployed, and
+every wait has a deadline that also allows for a full step on a slow machine.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import os
 import secrets
 import signal
 import sqlite3
+import subprocess
 import threading
 import time
 import uuid
@@ -35,7 +37,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import Node
+from conftest import CLI, Node
 from engines import ClickHouseCluster, PostgresServer
 from trubrics_ingestion.forward import forward_status
 
@@ -113,8 +115,10 @@ def kill_node(node: Node) -> list[int]:
 def nodes(
     tmp_path: Path, postgres: PostgresServer, clickhouse: ClickHouseCluster
 ) -> Iterator[list[Node]]:
-    """Two running nodes, each its own data dir, same seeded key, forwarding to both engines."""
+    """Two running nodes, each its own data dir, one registry and seeded key, forwarding to
+    both engines."""
     env = {
+        "TRUBRICS_REGISTRY": postgres.url,
         "TRUBRICS_INIT_PROJECT": PROJECT,
         "TRUBRICS_INIT_API_KEY": KEY,
         "TRUBRICS_FORWARD_TO": f"{postgres.url} {clickhouse.url}",
@@ -423,11 +427,15 @@ def test_two_nodes_forward_every_event_once_to_both_engines(
     clickhouse: ClickHouseCluster,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    ids = [
-        [key["id"] for key in map(json.loads, node.cli("keys", "list", "--json").stdout.split())]
-        for node in nodes
-    ]
-    assert ids[0] == ids[1] and len(ids[0]) == 1, ids  # the seeded key, named alike on both
+    listed = subprocess.run(
+        [*CLI, "keys", "list", "--json", "--registry", postgres.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    mine = [key for key in map(json.loads, listed) if key["project"] == PROJECT]
+    assert len(mine) == 1, mine  # both nodes seeded the same key: one entry in the registry
 
     started = time.monotonic()
     with Load(nodes, new_prefix("spread"), batches=15) as load:
