@@ -1,37 +1,52 @@
-"""ClickHouse sink over plain HTTP (stdlib ``http.client``), down to Debian's 18.16.
+"""ClickHouse sink over plain HTTP (stdlib ``http.client``), from Debian's 18.16 to current.
 
 Why HTTP and ``JSONEachRow``: it is the one insert path every ClickHouse version speaks
 (clickhouse-connect cannot talk to 18.16), it needs no dependency, and msgspec encodes it
-at about 1.3 million rows/s, so the engine, not Python, sets the pace.
+fast enough that the engine, not Python, sets the pace.
 
 Layout. Without a cluster, ``DB.events`` is a ReplacingMergeTree table. With
 ``?cluster=NAME``, ``DB.events_local`` (the ReplacingMergeTree) is created ``ON CLUSTER``
 on every shard and ``DB.events`` is a Distributed table over it, sharded by
 ``cityHash64(id)``; inserts use ``insert_distributed_sync=1``, so a batch is on its shards
 when the INSERT returns, or the INSERT fails and the batch is sent again.
+``ddl_statements()`` gives the exact DDL for a server version, without a server.
 
 Idempotence. Redelivered rows are identical, so they share the sorting key
 ``(project, timestamp, id)`` (and, being sharded by their id, the shard and the monthly
 partition): ReplacingMergeTree collapses them at merge time, and ``SELECT ... FINAL``
 always counts each event once.
 
-Time. 18.16 has no DateTime64, so ``timestamp`` and ``received_at`` are ``DateTime('UTC')``:
-whole seconds, the microseconds are dropped (floored). DateTime spans 1970-01-01 to
-2106-02-07, and 18.16 formats dates only up to 2105, so times outside
-1970-01-01 00:00:00 .. 2105-12-31 23:59:59 are clamped to those bounds here (the node's
-store and PostgreSQL keep the exact value); ClickHouse shows the lower bound, 0, as its
-"zero" DateTime ``0000-00-00 00:00:00``, which is how a pre-1970 time reads there.
+Time. ``migrate()`` asks the server's ``version()`` before creating the tables:
+from 22.8 on (when DateTime64 reached its 1900-2299 range), ``timestamp`` and
+``received_at`` are ``DateTime64(6, 'UTC')``, exact to the microsecond, and times outside
+1900-01-01 .. 2299-12-31 23:59:59.999999 are clamped to those bounds (as those servers
+would do themselves). Before 22.8, and on 18.16 which has no DateTime64, they are
+``DateTime('UTC')``: whole seconds (the microseconds are dropped, floored), clamped to
+1970-01-01 00:00:00 .. 2105-12-31 23:59:59 (DateTime ends in 2106, 18.16 formats dates only
+up to 2105); 18.16 shows the lower bound, 0, as its "zero" DateTime ``0000-00-00 00:00:00``,
+which is how a pre-1970 time reads there. The node's store and PostgreSQL keep the exact
+value either way.
+
+One wire form for both column types: times travel as ISO-8601 UTC strings with
+microseconds (``"2026-06-20T12:00:00.123456Z"``) read with ``date_time_input_format=
+best_effort``, which 18.16 and current servers both accept; DateTime keeps the seconds,
+DateTime64 everything. (A number with a fraction, which DateTime64 takes, is an error for
+18.16's DateTime; whole seconds, which both take, would lose the microseconds.) Only the
+clamping bounds depend on the table, whose time type ``migrate()`` reads from
+``system.columns`` (so a server upgraded over 18.16's tables keeps getting what they hold).
 
 No JSONExtract in 18.16: ``properties`` is the compact JSON text as a String, which the
-``visitParam*`` functions read.
+``visitParam*`` functions read on every version (``JSONExtract*`` too on current ones).
 """
 
 from __future__ import annotations
 
 import base64
 import http.client
+import re
 import urllib.parse
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 
 import msgspec
 
@@ -41,22 +56,25 @@ from .urls import SinkUrl
 CONNECT_TIMEOUT_S = 10.0
 INSERT_TIMEOUT_S = 120.0
 DDL_TIMEOUT_S = 300.0  # ON CLUSTER waits for every shard (distributed_ddl_task_timeout)
-MIN_DATETIME = 0
-MAX_DATETIME = 4_291_747_199  # 2105-12-31 23:59:59 UTC
+DATETIME64_SINCE = (22, 8)  # the first release whose DateTime64 spans 1900..2299
+# Inclusive bounds of each column type, in microseconds since the epoch.
+DATETIME_SPAN = (0, 4_291_747_199_999_999)  # 1970-01-01 .. 2105-12-31 23:59:59(.999999)
+DATETIME64_SPAN = (-2_208_988_800_000_000, 10_413_791_999_999_999)  # 1900 .. 2299-12-31
 _COLUMNS = """(
     id String,
     project String,
     user_id String,
     event String,
-    timestamp DateTime('UTC'),
+    timestamp {time},
     thread_id Nullable(String),
     properties String,
-    received_at DateTime('UTC'),
+    received_at {time},
     source String
 )"""
 _ENGINE = (
     "ENGINE = ReplacingMergeTree PARTITION BY toYYYYMM(timestamp) ORDER BY (project, timestamp, id)"
 )
+_NAIVE_EPOCH = datetime(1970, 1, 1)  # + whole seconds: isoformat() is YYYY-MM-DDThh:mm:ss
 
 
 class ClickHouseError(RuntimeError):
@@ -70,15 +88,62 @@ class _JsonRow(msgspec.Struct):
     project: str
     user_id: str
     event: str
-    timestamp: int  # seconds since the epoch, clamped (DateTime accepts the number)
+    timestamp: str  # ISO-8601 UTC with microseconds, clamped to the table's span
     thread_id: str | None
     properties: str
-    received_at: int
+    received_at: str
     source: str
 
 
 _encoder = msgspec.json.Encoder()
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+
+def server_version(text: str) -> tuple[int, int]:
+    """``(major, minor)`` of a ``SELECT version()`` answer such as ``18.16.1``."""
+    found = re.match(r"\s*(\d+)\.(\d+)", text)
+    if found is None:
+        raise ClickHouseError(f"unrecognised ClickHouse version {text.strip()!r}")
+    return int(found[1]), int(found[2])
+
+
+def time_type(version: tuple[int, int]) -> str:
+    """The column type of ``timestamp`` and ``received_at`` on a server of ``version``."""
+    return "DateTime64(6, 'UTC')" if version >= DATETIME64_SINCE else "DateTime('UTC')"
+
+
+def span_of(column_type: str) -> tuple[int, int]:
+    """The clamping bounds for a time column of ``column_type`` (as ``system.columns``
+    spells it)."""
+    return DATETIME64_SPAN if column_type.startswith("DateTime64") else DATETIME_SPAN
+
+
+def ddl_statements(database: str, cluster: str | None, version: tuple[int, int]) -> list[str]:
+    """The statements ``migrate()`` issues to create the tables on a server of
+    ``version``, in order (each ``IF NOT EXISTS``; ``ON CLUSTER`` with a cluster)."""
+    on_cluster = f" ON CLUSTER `{cluster}`" if cluster else ""
+    columns = _COLUMNS.format(time=time_type(version))
+    statements = []
+    if database != "default":
+        statements.append(f"CREATE DATABASE IF NOT EXISTS `{database}`{on_cluster}")
+    if cluster is None:
+        statements.append(f"CREATE TABLE IF NOT EXISTS `{database}`.events {columns} {_ENGINE}")
+        return statements
+    local = f"`{database}`.events_local{on_cluster}"
+    statements.append(f"CREATE TABLE IF NOT EXISTS {local} {columns} {_ENGINE}")
+    statements.append(
+        f"CREATE TABLE IF NOT EXISTS `{database}`.events{on_cluster} AS `{database}`.events_local"
+        f" ENGINE = Distributed(`{cluster}`, `{database}`, events_local, cityHash64(id))"
+    )
+    return statements
+
+
+def insert_settings(cluster: str | None) -> dict[str, str]:
+    """The settings of every INSERT (``best_effort`` reads the times' ISO form)."""
+    settings = {"date_time_input_format": "best_effort"}
+    if cluster:
+        settings["insert_distributed_sync"] = "1"
+    return settings
 
 
 class ClickHouseSink:
@@ -91,10 +156,14 @@ class ClickHouseSink:
         if url.user is not None or url.password is not None:
             token = f"{url.user or 'default'}:{url.password or ''}".encode()
             self._headers["Authorization"] = "Basic " + base64.b64encode(token).decode()
-        db, cluster = url.database, url.cluster
-        self._on_cluster = f" ON CLUSTER `{cluster}`" if cluster else ""
-        self._insert = f"INSERT INTO `{db}`.events FORMAT JSONEachRow"
-        self._insert_settings = {"insert_distributed_sync": "1"} if cluster else {}
+        self._tables = ("events", "events_local") if url.cluster else ("events",)
+        self._insert = f"INSERT INTO `{url.database}`.events FORMAT JSONEachRow"
+        self._insert_settings = insert_settings(url.cluster)
+        # The span of the table's time columns, known once migrate() has read their type
+        # on this connection; the forwarder encodes its first batch before migrate(), so
+        # that batch is kept here and encoded again by send() if the guess was wrong.
+        self._span: tuple[int, int] | None = None
+        self._guessed: tuple[bytes, Sequence[Row]] | None = None
 
     @property
     def name(self) -> str:
@@ -102,35 +171,45 @@ class ClickHouseSink:
 
     def migrate(self) -> None:
         """Create the database and tables unless they exist (IF NOT EXISTS, ON CLUSTER when
-        clustered: every shard gets ``events_local``). Checked first, so a restart that
-        finds them does not queue distributed DDL."""
-        if self._tables_exist():
-            return
-        db, cluster = self._url.database, self._url.cluster
-        if db != "default":
-            self._query(f"CREATE DATABASE IF NOT EXISTS `{db}`{self._on_cluster}", DDL_TIMEOUT_S)
-        if cluster is None:
-            self._query(f"CREATE TABLE IF NOT EXISTS `{db}`.events {_COLUMNS} {_ENGINE}")
-            return
-        local = f"`{db}`.events_local{self._on_cluster}"
-        self._query(f"CREATE TABLE IF NOT EXISTS {local} {_COLUMNS} {_ENGINE}", DDL_TIMEOUT_S)
-        self._query(
-            f"CREATE TABLE IF NOT EXISTS `{db}`.events{self._on_cluster} AS `{db}`.events_local"
-            f" ENGINE = Distributed(`{cluster}`, `{db}`, events_local, cityHash64(id))",
-            DDL_TIMEOUT_S,
-        )
+        clustered: every shard gets ``events_local``), with the time type the server's
+        version supports; then learn the type the table actually has. Checked first, so a
+        restart that finds them does not queue distributed DDL."""
+        types = self._time_types()
+        if len(types) < len(self._tables):
+            version = server_version(self._query("SELECT version()"))
+            for statement in ddl_statements(self._url.database, self._url.cluster, version):
+                self._query(statement, DDL_TIMEOUT_S)
+            types = self._time_types()
+        if "events" not in types:
+            raise ClickHouseError(f"{self.name}: table events has no timestamp column")
+        self._span = span_of(types["events"])
 
     def encode(self, rows: Sequence[Row]) -> bytes:
-        return encode_json_lines(rows)
+        span = self._span
+        if span is not None:
+            return encode_json_lines(rows, span)
+        payload = encode_json_lines(rows, DATETIME64_SPAN)
+        self._guessed = (payload, rows)
+        return payload
 
     def send_batch(self, rows: Sequence[Row]) -> None:
-        self.send(encode_json_lines(rows), len(rows))
+        self.send(self.encode(rows), len(rows))
 
     def send(self, payload: bytes, count: int) -> None:
+        guessed, self._guessed, span = self._guessed, None, self._span
+        if guessed is not None and guessed[0] is payload and span not in (None, DATETIME64_SPAN):
+            payload = encode_json_lines(guessed[1], span)  # a DateTime table after all
         if count:
             self._query(self._insert, INSERT_TIMEOUT_S, payload, self._insert_settings)
 
     def close(self) -> None:
+        """Drop the connection and forget the table's time type: the forwarder closes a
+        sink after a failure, and the next migrate() reads the type again (the server
+        behind the URL may have changed meanwhile)."""
+        self._span, self._guessed = None, None
+        self._disconnect()
+
+    def _disconnect(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
@@ -139,14 +218,15 @@ class ClickHouseSink:
         """Run one statement and return its text output (for status checks and tests)."""
         return self._query(sql)
 
-    def _tables_exist(self) -> bool:
-        db = self._url.database
-        wanted = ["events", "events_local"] if self._url.cluster else ["events"]
-        names = ", ".join(f"'{name}'" for name in wanted)
+    def _time_types(self) -> dict[str, str]:
+        """The type of ``timestamp`` in each of our tables that exists."""
+        names = ", ".join(f"'{name}'" for name in self._tables)
         found = self._query(
-            f"SELECT count() FROM system.tables WHERE database = '{db}' AND name IN ({names})"
+            "SELECT table, type FROM system.columns"
+            f" WHERE database = '{self._url.database}' AND table IN ({names})"
+            " AND name = 'timestamp' FORMAT TabSeparated"
         )
-        return int(found) == len(wanted)
+        return dict(line.split("\t", 1) for line in found.splitlines() if "\t" in line)
 
     def _query(
         self,
@@ -169,7 +249,7 @@ class ClickHouseSink:
         except _STALE:  # the server dropped our idle keep-alive connection: once more, anew
             status, text = self._post(path, body, timeout_s)
         if status != 200:
-            self.close()
+            self._disconnect()
             raise ClickHouseError(f"{self.name}: HTTP {status}: {text.strip()[:2000]}")
         return text
 
@@ -184,12 +264,12 @@ class ClickHouseSink:
             response = conn.getresponse()
             return response.status, response.read().decode(errors="replace")
         except _STALE:
-            self.close()
+            self._disconnect()
             if reused:
                 raise
             raise ConnectionError(f"{self.name}: connection lost") from None
         except BaseException:
-            self.close()
+            self._disconnect()
             raise
 
     def _connection(self, timeout_s: float) -> http.client.HTTPConnection:
@@ -207,16 +287,31 @@ class ClickHouseSink:
         return self._conn
 
 
-def encode_json_lines(rows: Sequence[Row]) -> bytes:
-    """``JSONEachRow`` lines for ``rows``, times as whole seconds (floored) clamped to
-    ``MIN_DATETIME .. MAX_DATETIME``, inline: a function call per value would cost more
-    than the rest of the row's encoding."""
+def encode_json_lines(rows: Sequence[Row], span: tuple[int, int] = DATETIME64_SPAN) -> bytes:
+    """``JSONEachRow`` lines for ``rows``, times clamped to ``span`` (microseconds,
+    inclusive) and written as ISO-8601 UTC with microseconds. Inline, with each second's
+    text made once per batch (neighbouring events share it) and ``received_at`` formatted
+    again only when it changes (a journal batch shares one): a function call per value
+    would cost more than the rest of the row."""
     lines: list[_JsonRow] = []
     add = lines.append
-    low, high = MIN_DATETIME, MAX_DATETIME
+    low, high = span
+    seconds: dict[int, str] = {}  # "YYYY-MM-DDThh:mm:ss.%06dZ" by second since the epoch
+    last_received, got_text = None, ""
     for _seq, id_, project, user, event, timestamp, thread, props, received, source in rows:
-        at, got = timestamp // 1_000_000, received // 1_000_000
-        at = low if at < low else high if at > high else at
-        got = low if got < low else high if got > high else got
-        add(_JsonRow(id_, project, user, event, at, thread, props, got, source))
+        at = low if timestamp < low else high if timestamp > high else timestamp
+        second, micros = divmod(at, 1_000_000)
+        at_text = (seconds.get(second) or _second_format(seconds, second)) % micros
+        if received != last_received:
+            last_received = received
+            got = low if received < low else high if received > high else received
+            second, micros = divmod(got, 1_000_000)
+            got_text = (seconds.get(second) or _second_format(seconds, second)) % micros
+        add(_JsonRow(id_, project, user, event, at_text, thread, props, got_text, source))
     return _encoder.encode_lines(lines)
+
+
+def _second_format(cache: dict[int, str], second: int) -> str:
+    """The %-format of the times within ``second``, remembered in ``cache``."""
+    text = cache[second] = (_NAIVE_EPOCH + timedelta(seconds=second)).isoformat() + ".%06dZ"
+    return text
