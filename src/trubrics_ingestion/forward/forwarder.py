@@ -12,8 +12,8 @@ instead of adding up. A prefetched batch is used only if it still follows the cu
 Each engine has its own threads, cursor and backoff, so an engine that is down or slow
 never holds back the others. A failing engine is retried after 0.5 s, doubling up to
 10 s (``serve --forward-max-backoff-s``), with an error logged at every attempt: the
-forwarder itself never gives up and never crashes on an engine's account. The store keeps the backlog meanwhile (see
-``forward_status``).
+forwarder itself never gives up and never crashes on an engine's account. The store keeps
+the backlog meanwhile (see ``forward_status``).
 """
 
 from __future__ import annotations
