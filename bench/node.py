@@ -215,6 +215,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(after_name[11]) + int(after_name[12])) / CLOCK_TICKS
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """``cpu_seconds`` of the process and of its live descendants (e.g. a PostgreSQL
+    server's backends); a process that exits meanwhile is skipped."""
+    total = 0.0
+    try:
+        total += cpu_seconds(pid)
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += tree_cpu_seconds(int(child))
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return total
+
+
 # --- the store -----------------------------------------------------------------------
 
 
