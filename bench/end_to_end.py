@@ -127,7 +127,8 @@ def print_summary(result: dict[str, Any], durable_events_per_s: float | None) ->
             f" events/s{ratio}"
         )
     engines = ", ".join(
-        f"{name} {c['rows']:,} ({c['verdict']})" for name, c in result["engines"].items()
+        f"{name} {c['rows']:,} [{c['verdict']}, sent twice {c['sent_twice']}]"
+        for name, c in result["engines"].items()
     )
     print(
         f"  verification: stored {result['stored_events']:,} of {result['acknowledged_events']:,}"

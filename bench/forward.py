@@ -133,6 +133,7 @@ class Engines:
         exact = found["rows"] == found["distinct"] == expected.events
         exact = exact and found["md5"] == expected.md5
         found["verdict"] = "exact" if exact else "MISMATCH"
+        found["sent_twice"] = found["raw_rows"] - found["rows"]  # ClickHouse: FINAL hides them
         if not exact:
             print(
                 f"\n!!! {dest.engine} HOLDS OTHER EVENTS THAN THE STORE: {found},"
@@ -408,6 +409,7 @@ def summarise(runs: list[Run], costs: dict[str, float], target: float) -> dict[s
     summary["pass"] = all(row["pass"] for row in summary["rates"].values())
     summary["verified"] = all(run.verified for run in runs)
     summary["forwarder_errors"] = sum(run.forwarder_errors for run in runs)
+    summary["sent_twice"] = sum(c["sent_twice"] for run in runs for c in run.checks.values())
     summary["python_rows_per_s"] = costs
     summary["runs"] = [asdict(run) for run in runs]
     return summary
@@ -435,10 +437,11 @@ def print_summary(summary: dict[str, Any]) -> None:
     costs = ", ".join(f"{k} {v:,.0f}" for k, v in summary["python_rows_per_s"].items())
     print(f"forwarder's Python work alone, rows/s on one core: {costs}")
     verdict = "exact" if summary["verified"] else "MISMATCH"
-    errors = summary["forwarder_errors"]
+    errors, twice = summary["forwarder_errors"], summary["sent_twice"]
     print(
         f"verification: each engine held the backlog's events, each once (count, distinct ids,"
-        f" MD5 of the ids = the store's): {verdict}; forwarder errors: {errors}"
+        f" MD5 of the ids = the store's): {verdict}; forwarder errors: {errors};"
+        f" rows sent twice: {twice}"
     )
 
 
