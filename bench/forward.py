@@ -46,7 +46,6 @@ from engines import ClickHouseCluster, PostgresServer, engines_available
 from trubrics_ingestion.forward import Forwarder, open_sink, parse_sink_url
 from trubrics_ingestion.forward.clickhouse import encode_json_lines
 from trubrics_ingestion.forward.cursors import read_batch, reset
-from trubrics_ingestion.forward.forwarder import BATCH_ROWS
 from trubrics_ingestion.forward.postgres import encode_copy
 from trubrics_ingestion.store import connect
 
@@ -242,7 +241,7 @@ def deliver(
     dests: Sequence[Destination],
     round_index: int,
     setup: str,
-    batch_rows: int = BATCH_ROWS,
+    batch_rows: int | None = None,
 ) -> Run:
     """Forward the backlog to ``dests`` once: seconds until each had confirmed all of it,
     errors the forwarder logged, and CPU per event of the forwarder (this process: its
@@ -310,7 +309,7 @@ class Run:
 
 
 def forward_round(
-    engines: Engines, backlog: Backlog, index: int, batch_rows: int = BATCH_ROWS
+    engines: Engines, backlog: Backlog, index: int, batch_rows: int | None = None
 ) -> list[Run]:
     """Each setup once, in an order that rotates with ``index`` (drift hits all alike)."""
     order = list(SETUPS)
@@ -339,11 +338,12 @@ def progress(run: Run) -> None:
 
 
 def measure(
-    engines: Engines, backlog: Backlog, rounds: int, batch_rows: int = BATCH_ROWS
+    engines: Engines, backlog: Backlog, rounds: int, batch_rows: int | None = None
 ) -> list[Run]:
-    """``rounds`` rounds of every setup; production's batch size unless told otherwise."""
+    """``rounds`` rounds of every setup; production's batch sizes unless told otherwise."""
+    sizes = f"{batch_rows:,}" if batch_rows else "the engine's (forwarder.DELIVERY)"
     print(
-        f"forwarding a backlog of {backlog.events:,} events in batches of {batch_rows:,},"
+        f"forwarding a backlog of {backlog.events:,} events in batches of {sizes},"
         f" {rounds} rounds (load average {os.getloadavg()[0]:.2f})",
         flush=True,
     )
@@ -463,7 +463,7 @@ def main() -> int:
     parser.add_argument("--load", type=int, default=5, help="seconds of wrk to fill the store")
     parser.add_argument("--events", type=int, default=BACKLOG_EVENTS, help="0: the whole store")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=BATCH_ROWS, help="rows per batch")
+    parser.add_argument("--batch", type=int, help="rows per batch (default: per engine)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-forward-") as tmp:
         if args.data_dir:

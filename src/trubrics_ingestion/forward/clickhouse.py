@@ -159,11 +159,8 @@ class ClickHouseSink:
         self._tables = ("events", "events_local") if url.cluster else ("events",)
         self._insert = f"INSERT INTO `{url.database}`.events FORMAT JSONEachRow"
         self._insert_settings = insert_settings(url.cluster)
-        # The span of the table's time columns, known once migrate() has read their type
-        # on this connection; the forwarder encodes its first batch before migrate(), so
-        # that batch is kept here and encoded again by send() if the guess was wrong.
+        # The span of the table's time columns, known once migrate() has read their type.
         self._span: tuple[int, int] | None = None
-        self._guessed: tuple[bytes, Sequence[Row]] | None = None
 
     @property
     def name(self) -> str:
@@ -185,20 +182,15 @@ class ClickHouseSink:
         self._span = span_of(types["events"])
 
     def encode(self, rows: Sequence[Row]) -> bytes:
-        span = self._span
-        if span is not None:
-            return encode_json_lines(rows, span)
-        payload = encode_json_lines(rows, DATETIME64_SPAN)
-        self._guessed = (payload, rows)
-        return payload
+        """Rows as the table's time type can hold them: call ``migrate()`` first."""
+        if self._span is None:
+            raise RuntimeError(f"{self.name}: encode() before migrate()")
+        return encode_json_lines(rows, self._span)
 
     def send_batch(self, rows: Sequence[Row]) -> None:
         self.send(self.encode(rows), len(rows))
 
     def send(self, payload: bytes, count: int) -> None:
-        guessed, self._guessed, span = self._guessed, None, self._span
-        if guessed is not None and guessed[0] is payload and span not in (None, DATETIME64_SPAN):
-            payload = encode_json_lines(guessed[1], span)  # a DateTime table after all
         if count:
             self._query(self._insert, INSERT_TIMEOUT_S, payload, self._insert_settings)
 
@@ -206,7 +198,7 @@ class ClickHouseSink:
         """Drop the connection and forget the table's time type: the forwarder closes a
         sink after a failure, and the next migrate() reads the type again (the server
         behind the URL may have changed meanwhile)."""
-        self._span, self._guessed = None, None
+        self._span = None
         self._disconnect()
 
     def _disconnect(self) -> None:

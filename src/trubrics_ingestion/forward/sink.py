@@ -1,8 +1,9 @@
 """What every engine sink offers the forwarder, and the rows it is handed.
 
 A sink owns its connection and opens it lazily, so that constructing one never fails
-because an engine is down: the forwarder calls ``migrate()`` before the first batch and
-again after every failure (the engine may have come back empty), then sends batches.
+because an engine is down: the forwarder calls ``migrate()`` before encoding the first
+batch and again after every failure (the engine may have come back empty, or another
+server may answer at that address), then encodes and sends batches.
 A sink raises on any failure and the forwarder retries the same rows later, so sending
 must be idempotent: writing a row twice leaves the engine as if it had been written once
 (keyed by the event id).
