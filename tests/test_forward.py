@@ -42,6 +42,7 @@ from trubrics_ingestion.forward import (
     prune,
     run_forever,
 )
+from trubrics_ingestion.forward import postgres as postgres_sink
 from trubrics_ingestion.forward.forwarder import Backoff
 from trubrics_ingestion.forward.postgres import encode_copy, json_without_nul
 from trubrics_ingestion.materialise import catch_up
@@ -518,9 +519,40 @@ def test_postgres_migrations_are_idempotent_and_safe_concurrently(targets: Targe
     sinks[0].migrate()
     for sink in sinks:
         sink.close()
-    assert targets.pg("SELECT component, version FROM trubrics_schema") == [("events", 1)]
+    versions = targets.pg("SELECT component, version FROM trubrics_schema")
+    assert versions == [("events", len(postgres_sink.MIGRATIONS))]
     indexes = targets.pg("SELECT indexname FROM pg_indexes WHERE tablename = 'events'")
     assert {name for (name,) in indexes} == {"events_pkey", "events_by_time", "events_by_thread"}
+    assert _collations(targets) == {"project": "C", "thread_id": "C", "user_id": None}
+
+
+def test_postgres_upgrades_a_v1_schema_keeping_its_rows(
+    store: sqlite3.Connection, targets: Targets
+) -> None:
+    """A database migrated by the first release: upgraded in place, nothing lost."""
+    add_events(store, 10)
+    rows = cursors.read_batch(store, 0, 100)
+    with psycopg.connect(targets.pg_url, autocommit=True) as conn:
+        conn.execute(postgres_sink.MIGRATIONS[0])
+        conn.execute("CREATE TABLE trubrics_schema (component text PRIMARY KEY, version integer)")
+        conn.execute("INSERT INTO trubrics_schema VALUES ('events', 1)")
+    sink = open_sink(parse_sink_url(targets.pg_url))
+    try:
+        sink.send_batch(rows)
+        sink.migrate()
+        sink.send_batch(rows)  # the same rows again: still once each
+    finally:
+        sink.close()
+    assert targets.pg_count() == len(rows)
+    assert _collations(targets)["project"] == "C"
+
+
+def _collations(targets: Targets) -> dict[str, str | None]:
+    rows = targets.pg(
+        "SELECT column_name, collation_name FROM information_schema.columns"
+        " WHERE table_name = 'events' AND column_name IN ('project', 'thread_id', 'user_id')"
+    )
+    return dict(rows)
 
 
 def test_clickhouse_without_cluster_and_after_an_idle_keepalive(
