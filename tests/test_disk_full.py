@@ -228,8 +228,19 @@ def test_a_full_disk_gets_503_and_the_server_recovers_by_itself(
 
             filler = fill(data_dir)
             statuses = probe_while_broken(node, ledger, "full")
+            unready = requests.get(node.url + "/readyz", timeout=TIMEOUT_S)
+            assert unready.status_code == 503 and "disk" in unready.json()["detail"]
 
             filler.unlink()
+            # Ready again without any publish traffic (a balancer sends none to an unready
+            # node): the journal probes the disk by itself.
+            freed = time.monotonic()
+            wait_until(
+                lambda: requests.get(node.url + "/readyz", timeout=TIMEOUT_S).status_code == 200,
+                15,
+                "readiness after room came back",
+            )
+            ready_in = time.monotonic() - freed
             took = wait_for_200(node, ledger, "after")
             refused = ledger.refused
             resend(node.url, node.key, ledger, refused)  # as the SDKs retry a 503
@@ -243,7 +254,8 @@ def test_a_full_disk_gets_503_and_the_server_recovers_by_itself(
     figures = check_nothing_acknowledged_is_lost(ledger, stored, node.log())
     report(
         capsys,
-        f"[disk full] {statuses} while full; 200 again {took:.2f}s after room came back;"
+        f"[disk full] {statuses} while full, /readyz 503; ready again {ready_in:.2f}s after"
+        f" room came back, 200 {took:.2f}s after that;"
         f" {len(refused)} refused batches resent and stored; {figures.acked_events} events"
         f" acknowledged, lost={figures.lost} duplicates={figures.duplicates}",
     )

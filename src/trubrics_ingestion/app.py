@@ -293,7 +293,15 @@ class IngestionApp:
         """Ready while batches can be stored; the details say how the neighbours are."""
         if self._sink.ready():
             return 200, _encode({"status": "ready", **self._readiness_details()}), _JSON
-        return 503, b'{"detail":"The journal writer is not running."}', _JSON
+        return 503, _NOT_READY, _JSON
+
+
+_NOT_READY = _encode(
+    {
+        "detail": "Events cannot be stored right now: the journal's last commit failed (disk"
+        " full or read-only?) or its writer stopped. Publishing gets 503 meanwhile."
+    }
+)
 
 
 def build_app(

@@ -42,6 +42,7 @@ class Entry:
 
 _STOP = object()
 PRUNE_EVERY_S = 1.0
+PROBE_EVERY_S = 1.0  # while commits fail and nothing is queued: how often to try a write
 
 
 class Journal:
@@ -63,6 +64,7 @@ class Journal:
         self._queue: queue.SimpleQueue[Entry | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._failing = False  # the last commit (or probe) failed: disk full, read-only...
 
     def start(self) -> None:
         """Open the store and start the writer thread."""
@@ -92,8 +94,11 @@ class Journal:
         return await future
 
     def ready(self) -> bool:
-        """True while batches can be committed."""
-        return not self._closed and self._thread is not None and self._thread.is_alive()
+        """True while batches can be committed: the writer runs and its last commit worked.
+        A failing store is probed every second when idle, so a node that a load balancer
+        took out of rotation comes back once the disk has room again, without traffic."""
+        alive = not self._closed and self._thread is not None and self._thread.is_alive()
+        return alive and not self._failing
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Commit what is queued, stop the thread. Idempotent."""
@@ -111,6 +116,8 @@ class Journal:
                 entries, stop = self._take()
                 if entries:
                     self._commit(conn, entries)
+                elif self._failing and not stop:
+                    self._probe(conn)
         finally:
             self._closed = True
             self._fail_queued()
@@ -127,8 +134,8 @@ class Journal:
     def _take(self) -> tuple[list[Entry], bool]:
         """Everything queued right now, waiting for the first; and whether to stop after it."""
         entries: list[Entry] = []
-        item = self._queue.get()
         try:
+            item = self._queue.get(timeout=PROBE_EVERY_S if self._failing else None)
             while item is not _STOP:
                 entries.append(item)  # type: ignore[arg-type]
                 if len(entries) >= self._max_batches:
@@ -162,11 +169,29 @@ class Journal:
             self._metrics.commit_failed()
             self._recent.forget(remembered)
             _rollback(conn)
+            self._failing = True
             outcomes = [StorageUnavailable()] * len(entries)
         else:
             self._metrics.commit(len(entries), time.perf_counter() - started)
+            self._recovered()
         for entry, outcome in zip(entries, outcomes, strict=True):
             _resolve(entry, outcome)
+
+    def _probe(self, conn: sqlite3.Connection) -> None:
+        """A write that changes nothing but still needs the disk (a WAL frame, an fsync)."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("UPDATE meta SET value = value WHERE name = 'keys_version'")
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            _rollback(conn)
+        else:
+            self._recovered()
+
+    def _recovered(self) -> None:
+        if self._failing:
+            self._failing = False
+            log.warning("journal commits succeed again")
 
     def _admit(self, conn: sqlite3.Connection, entry: Entry, remembered: list[bytes]) -> Verdict:
         """Is this batch new, or a retry of one already journaled (or earlier in this group)?"""
