@@ -110,7 +110,6 @@ class Backoff:
 class Prepared:
     """A batch read from the store and encoded for one engine, not yet sent."""
 
-    after: int  # the cursor it follows
     last: int  # the seq of its last row: the cursor once the engine confirms
     count: int
     payload: bytes
@@ -231,13 +230,12 @@ class SinkWorker:
 
     def _prepare(self) -> Prepared | None:
         """Read and encode the batch after the last one read (None: nothing there yet)."""
-        after = self._read_after
-        assert after is not None
-        rows = cursors.read_batch(self._reader, after, self.batch_rows)
+        assert self._read_after is not None
+        rows = cursors.read_batch(self._reader, self._read_after, self.batch_rows)
         if not rows:
             return None
         self._read_after = rows[-1][0]
-        return Prepared(after, rows[-1][0], len(rows), self.lanes[0].encode(rows))
+        return Prepared(rows[-1][0], len(rows), self.lanes[0].encode(rows))
 
     def _drain(self) -> None:
         """Wait for every batch in flight (their outcome is moot: whatever the cursor did
