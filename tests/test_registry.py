@@ -174,6 +174,27 @@ def test_an_unreachable_registry_keeps_known_keys_and_says_so(
     assert known["key"] not in node.log()
 
 
+def test_a_node_restarted_while_the_registry_is_down_still_knows_its_keys(
+    postgres: PostgresServer, registry_nodes: Callable[..., Node]
+) -> None:
+    known = create(postgres.url, "restart")
+    node = registry_nodes()
+    assert publish(node, known["key"]) == 200
+    assert node.stop() == 0
+    postgres.stop()
+    try:
+        node.start()  # same data dir: the keys it last saw are in its store (hashes only)
+        assert publish(node, known["key"]) == 200
+        assert node.post("/publish_events", [EVENT], key="trb_" + "r" * 43).status_code == 503
+        assert _readyz(node)["key_registry"]["reachable"] is False
+    finally:
+        postgres.start()
+    files = [node.data_dir / "trubrics.db", node.data_dir / "trubrics.db-wal"]
+    dump = b"".join(path.read_bytes() for path in files if path.exists())
+    assert hash_key(known["key"]).encode() in dump and known["key"].encode() not in dump
+    assert len(node.export()) == 2
+
+
 def test_readyz_and_metrics_show_the_forwarding_backlog(
     make_node: Callable[..., Node], tmp_path: Path
 ) -> None:

@@ -70,6 +70,16 @@ class Keys(Protocol):
         ...
 
 
+class KeySnapshot(Protocol):
+    """Where a polled cache keeps the keys it last loaded, across restarts."""
+
+    def load(self) -> list[ActiveKey]: ...
+
+    def save(self, keys: list[ActiveKey]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 # A loader returns the current keys version and, when it changed, the active keys.
 KeyLoader = Callable[[int | None], tuple[int, list[ActiveKey] | None]]
 UNKNOWN_KEY_WAIT_S = 2.0  # how long an unknown key waits for a fresh look at the registry
@@ -135,13 +145,20 @@ class PolledKeyCache:
 
     If the registry is unreachable, known keys keep working, an unknown one gets a 503
     (it may be valid: only the registry can tell), and an error is logged at once and
-    every ``COMPLAIN_EVERY_S`` until it is back.
+    every ``COMPLAIN_EVERY_S`` until it is back. With a ``snapshot``, the keys last loaded
+    are saved, and known from the start: a restart during an outage forgets nothing.
     """
 
     def __init__(
-        self, loader: KeyLoader, *, refresh_interval_s: float = 0.5, name: str = "key registry"
+        self,
+        loader: KeyLoader,
+        *,
+        refresh_interval_s: float = 0.5,
+        snapshot: KeySnapshot | None = None,
+        name: str = "key registry",
     ) -> None:
         self._loader = loader
+        self._snapshot = snapshot
         self._interval = refresh_interval_s
         self._name = name
         self._version: int | None = None
@@ -162,6 +179,8 @@ class PolledKeyCache:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=10)
+        if self._snapshot is not None and not self._thread.is_alive():
+            self._snapshot.close()
 
     async def project_for(self, raw: str | None) -> str:
         """The project a key writes to; ``Unauthorized``, or ``RegistryUnavailable`` for a
@@ -186,6 +205,8 @@ class PolledKeyCache:
         return RegistryStatus(self._reachable, len(self._keys), ago)
 
     def _poll(self) -> None:
+        if self._snapshot is not None:
+            self._keys = {key.key_hash: key for key in self._snapshot.load()}
         while not self._stop.is_set():
             self._wake.clear()  # a wake during the look below makes the next one immediate
             done, self._next_look = self._next_look, Future()
@@ -204,12 +225,21 @@ class PolledKeyCache:
         if keys is not None:
             self._keys = {key.key_hash: key for key in keys}
             self._version = version
+            self._save(keys)
         self._loaded_at = time.monotonic()
         self._reachable = True
         if self._failing_since is not None:
             down_s = time.monotonic() - self._failing_since
             log.warning("%s reachable again after %.0f s", self._name, down_s)
             self._failing_since = None
+
+    def _save(self, keys: list[ActiveKey]) -> None:
+        if self._snapshot is None:
+            return
+        try:
+            self._snapshot.save(keys)
+        except Exception as exc:  # the keys in memory are right; only a restart would miss them
+            log.warning("could not save the registry's keys in the store: %s", exc)
 
     def _failed(self, exc: Exception) -> None:
         now = time.monotonic()

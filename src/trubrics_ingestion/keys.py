@@ -12,10 +12,11 @@ import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from .auth import ActiveKey, generate_key, hash_key
-from .store import meta
+from .store import connect, meta
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,45 @@ class StoreKeys:
                 "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL)",
                 (new.id, new.project, new.hash, new.hint, now),
             )
+
+
+class RegistrySnapshot:
+    """The shared registry's active keys as last seen, kept in the node's store (hashes
+    only, like everything else there): a node restarted while the registry is unreachable
+    still serves the keys it knew. Used from one thread at a time."""
+
+    def __init__(self, database: Path) -> None:
+        self._database = database
+        self._conn: sqlite3.Connection | None = None
+
+    def load(self) -> list[ActiveKey]:
+        rows = self._connection().execute("SELECT key_hash, id, project FROM registry_keys")
+        return [ActiveKey(*row) for row in rows]
+
+    def save(self, keys: list[ActiveKey]) -> None:
+        """Replace the snapshot with ``keys``, in one transaction."""
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("DELETE FROM registry_keys")
+            conn.executemany(
+                "INSERT INTO registry_keys VALUES (?, ?, ?)",
+                [(key.key_hash, key.key_id, key.project) for key in keys],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = connect(self._database)
+        return self._conn
 
 
 class _change:

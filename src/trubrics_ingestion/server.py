@@ -24,7 +24,7 @@ from .children import background_children
 from .config import Settings
 from .forward import parse_sink_url
 from .journal import Journal
-from .keys import KeyStore, StoreKeys
+from .keys import KeyStore, RegistrySnapshot, StoreKeys
 from .metrics import Metrics
 from .protocol import ConnectionLimits, LimitedHttpToolsProtocol
 from .registry import Registry, parse_registry_url
@@ -84,7 +84,11 @@ def _key_cache(key_store: KeyStore, settings: Settings) -> KeyCache | PolledKeyC
     local store is cheap enough to check on the request path."""
     interval = settings.key_refresh_interval_s
     if isinstance(key_store, Registry):
-        cache = PolledKeyCache(key_store.load_active_keys, refresh_interval_s=interval)
+        cache = PolledKeyCache(
+            key_store.load_active_keys,
+            refresh_interval_s=interval,
+            snapshot=RegistrySnapshot(settings.database_path),
+        )
         cache.start()
         return cache
     return KeyCache(key_store.load_active_keys, refresh_interval_s=interval)

@@ -76,6 +76,15 @@ MIGRATIONS = (
         quarantined_at INTEGER NOT NULL
     );
     """,
+    """
+    -- The shared key registry's active keys as this node last saw them (registry.py), so
+    -- that a node restarted while the registry is unreachable still serves them.
+    CREATE TABLE registry_keys (
+        key_hash TEXT PRIMARY KEY,
+        id TEXT NOT NULL,
+        project TEXT NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
