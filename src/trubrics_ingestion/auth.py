@@ -83,6 +83,7 @@ class KeySnapshot(Protocol):
 # A loader returns the current keys version and, when it changed, the active keys.
 KeyLoader = Callable[[int | None], tuple[int, list[ActiveKey] | None]]
 UNKNOWN_KEY_WAIT_S = 2.0  # how long an unknown key waits for a fresh look at the registry
+SLOW_LOOK_S = 5.0  # a look running longer than this (beyond the interval): unreachable
 MIN_POLL_GAP_S = 0.05  # unknown keys wake the poller, but no more often than this
 COMPLAIN_EVERY_S = 30.0  # while the registry is unreachable, say so this often
 
@@ -164,6 +165,7 @@ class PolledKeyCache:
         self._version: int | None = None
         self._keys: dict[str, ActiveKey] = {}
         self._reachable = False
+        self._looking_since: float | None = None  # a look is under way since then
         self._loaded_at: float | None = None
         self._failing_since: float | None = None
         self._complained_at = 0.0
@@ -195,43 +197,64 @@ class PolledKeyCache:
                     asyncio.shield(asyncio.wrap_future(look)), UNKNOWN_KEY_WAIT_S
                 )
             found = self._keys.get(digest)
-            if found is None and not self._reachable:
+            # No fresh answer (a look that hangs) is no answer: only the registry can tell.
+            if found is None and not (look.done() and self.reachable()):
                 raise RegistryUnavailable()
         return _project(found, digest)
+
+    def reachable(self) -> bool:
+        """The last look succeeded, and the current one (if any) is not hanging."""
+        started = self._looking_since
+        hanging = started is not None and time.monotonic() - started > SLOW_LOOK_S
+        return self._reachable and not hanging
 
     def status(self) -> RegistryStatus:
         loaded = self._loaded_at
         ago = None if loaded is None else time.monotonic() - loaded
-        return RegistryStatus(self._reachable, len(self._keys), ago)
+        return RegistryStatus(self.reachable(), len(self._keys), ago)
 
     def _poll(self) -> None:
-        if self._snapshot is not None:
-            self._keys = {key.key_hash: key for key in self._snapshot.load()}
+        self._restore()
         while not self._stop.is_set():
             self._wake.clear()  # a wake during the look below makes the next one immediate
             done, self._next_look = self._next_look, Future()
-            self._look()
+            self._looking_since = time.monotonic()
+            loaded = self._look()
+            self._looking_since = None
             with contextlib.suppress(InvalidStateError):
                 done.set_result(None)
+            if loaded is not None:
+                self._save(loaded)  # after answering the waiters: the store may be slow
             self._stop.wait(MIN_POLL_GAP_S)
             self._wake.wait(self._interval)
 
-    def _look(self) -> None:
+    def _restore(self) -> None:
+        """Start from the keys saved by the last run, if any (never fatal: the registry
+        itself is the truth, this only bridges an outage)."""
+        if self._snapshot is None:
+            return
+        try:
+            self._keys = {key.key_hash: key for key in self._snapshot.load()}
+        except Exception as exc:
+            log.warning("could not read the registry's keys saved in the store: %s", exc)
+
+    def _look(self) -> list[ActiveKey] | None:
+        """Ask the registry; the keys when they changed (to be saved), else None."""
         try:
             version, keys = self._loader(self._version)
         except Exception as exc:  # unreachable, timed out, refused: keep the keys we know
             self._failed(exc)
-            return
+            return None
         if keys is not None:
             self._keys = {key.key_hash: key for key in keys}
             self._version = version
-            self._save(keys)
         self._loaded_at = time.monotonic()
         self._reachable = True
         if self._failing_since is not None:
             down_s = time.monotonic() - self._failing_since
             log.warning("%s reachable again after %.0f s", self._name, down_s)
             self._failing_since = None
+        return keys
 
     def _save(self, keys: list[ActiveKey]) -> None:
         if self._snapshot is None:

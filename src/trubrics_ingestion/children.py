@@ -23,8 +23,11 @@ log = logging.getLogger("trubrics_ingestion.children")
 class Child:
     """Runs ``trubrics-ingestion ARGS --parent-pid PID --data-dir DIR``; restarts it if it dies."""
 
-    def __init__(self, name: str, args: list[str], data_dir: Path) -> None:
+    def __init__(
+        self, name: str, args: list[str], data_dir: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
+        self._env = {**os.environ, **(env or {})}
         self._command = [
             sys.executable, "-m", "trubrics_ingestion", *args,
             "--parent-pid", str(os.getpid()), "--data-dir", str(data_dir),
@@ -34,7 +37,7 @@ class Child:
         self._watcher = threading.Thread(target=self._watch, name=name, daemon=True)
 
     def start(self) -> None:
-        self._process = subprocess.Popen(self._command)
+        self._process = subprocess.Popen(self._command, env=self._env)
         self._watcher.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -49,7 +52,7 @@ class Child:
             if self._process is not None and self._process.poll() is not None:
                 code = self._process.returncode
                 log.error("the %s exited with %s; restarting it", self.name, code)
-                self._process = subprocess.Popen(self._command)
+                self._process = subprocess.Popen(self._command, env=self._env)
 
 
 def background_children(settings: Settings) -> list[Child]:
@@ -57,9 +60,11 @@ def background_children(settings: Settings) -> list[Child]:
     data_dir = settings.data_dir
     children = [Child("materialiser", ["events", "materialise", "--follow"], data_dir)]
     if settings.forward_to:
-        args = [arg for url in settings.forward_to for arg in ("--to", url)]
-        args += ["--max-backoff-s", str(settings.forward_max_backoff_s)]
+        args = ["--max-backoff-s", str(settings.forward_max_backoff_s)]
         if settings.forward_retention_s is not None:
             args += ["--retention-s", str(settings.forward_retention_s)]
-        children.append(Child("forwarder", ["forward", *args], data_dir))
+        # In the environment, not the command line: URLs may hold passwords, and any local
+        # user can read a process's arguments.
+        urls = {"TRUBRICS_FORWARD_TO": " ".join(settings.forward_to)}
+        children.append(Child("forwarder", ["forward", *args], data_dir, urls))
     return children

@@ -52,11 +52,7 @@ def _open(data_dir: Path) -> sqlite3.Connection:
 
 
 def _key_store(data_dir: Path, registry: str | None) -> keys.KeyStore:
-    if registry:
-        from .registry import Registry, parse_registry_url
-
-        return Registry(parse_registry_url(registry))
-    return keys.StoreKeys(_open(data_dir))
+    return keys.open_key_store(registry, lambda: _open(data_dir))
 
 
 def _registry_url(url: str | None) -> str | None:
@@ -286,7 +282,14 @@ def migrate(url: str) -> None:
 
 
 @main.command()
-@click.option("--to", "urls", multiple=True, required=True, help="Engine URL (repeatable).")
+@click.option(
+    "--to",
+    "urls",
+    multiple=True,
+    required=True,
+    envvar="TRUBRICS_FORWARD_TO",
+    help="Engine URL (repeatable; in the environment, space-separated).",
+)
 @click.option(
     "--retention-s",
     type=click.FloatRange(0),
@@ -323,9 +326,11 @@ def forward(
 
 
 def _engine_urls(urls: tuple[str, ...]) -> tuple[str, ...]:
+    """The URLs as given once they parse and name distinct engines, or a usage error."""
+    from .forward.forwarder import parse_sink_urls
+
     try:
-        for url in urls:
-            parse_sink_url(url)
+        parse_sink_urls(urls)
     except SinkUrlError as exc:
         raise click.BadParameter(str(exc)) from None
     return urls
@@ -388,13 +393,8 @@ def _keys_of(data_dir: Path, registry: str | None) -> Iterator[keys.KeyStore]:
     key_store = _key_store(data_dir, registry)
     try:
         yield key_store
-    except Exception as exc:
-        if registry:
-            import psycopg  # loaded already by the registry
-
-            if isinstance(exc, psycopg.Error):
-                raise click.ClickException(f"key registry: {exc}") from None
-        raise
+    except keys.KeyStoreUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
     finally:
         key_store.close()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -58,6 +59,11 @@ def chosen_key(project: str, key: str) -> NewKey:
     return NewKey("key_" + hash_key(key)[:12], project, key)
 
 
+class KeyStoreUnavailable(Exception):
+    """A remote key store could not be used (unreachable, refused, schema too new); the
+    message names it, without secrets."""
+
+
 class KeyStore(Protocol):
     """Where a node's keys live: its own store, or a registry shared by many nodes."""
 
@@ -80,6 +86,16 @@ class KeyStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def open_key_store(registry: str | None, local: Callable[[], sqlite3.Connection]) -> KeyStore:
+    """The shared registry at URL ``registry`` if given, else the node's store (``local``
+    opens it: only when needed)."""
+    if registry:
+        from .registry import Registry, parse_registry_url  # psycopg only when used
+
+        return Registry(parse_registry_url(registry))
+    return StoreKeys(local())
 
 
 class StoreKeys:
@@ -161,7 +177,8 @@ class RegistrySnapshot:
             )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
 
     def close(self) -> None:

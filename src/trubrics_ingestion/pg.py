@@ -17,14 +17,18 @@ import psycopg
 from .forward.urls import SinkUrl
 
 CONNECT_TIMEOUT_S = 10
-_LOCK_KEY = 0x7472_7562_7269_6373 % (1 << 63)  # "trubrics": serialises concurrent migrations
+TCP_USER_TIMEOUT_MS = 15_000  # unacknowledged data for this long: the server is gone
+_LOCK_KEY = 0x7472_7562  # "trub", with the component's hash: one lock per component
+LOCK_TIMEOUT_MS = 10_000
 
 
 def connect(
     url: SinkUrl, *, application: str, statement_timeout_ms: int
 ) -> psycopg.Connection[Any]:
-    """An autocommit connection with timeouts everywhere: connecting, each statement, and
-    TCP keepalives, so that a vanished server is noticed instead of waited on forever."""
+    """An autocommit connection with timeouts everywhere: connecting, each statement (on
+    the server), and on our side TCP keepalives and a TCP user timeout, so that a server
+    that stops answering without closing the connection is noticed instead of waited on
+    forever (``statement_timeout`` alone relies on the server being alive)."""
     return psycopg.connect(
         host=url.host,
         port=url.port,
@@ -39,26 +43,29 @@ def connect(
         keepalives_idle=30,
         keepalives_interval=10,
         keepalives_count=3,
+        tcp_user_timeout=TCP_USER_TIMEOUT_MS,
     )
 
 
 def migrate(conn: psycopg.Connection[Any], component: str, migrations: Sequence[str]) -> None:
-    """Apply ``component``'s missing migrations; refuse a schema newer than this release."""
+    """Apply ``component``'s missing migrations; refuse a schema newer than this release.
+
+    Nothing is locked or created when the schema is current (the common case: every
+    reconnect asks). Otherwise one transaction under the component's own advisory lock,
+    without a statement timeout (rebuilding an index on a large table takes what it takes)
+    but with a lock timeout, so that a migration waiting behind long queries gives up and
+    is retried rather than queueing every writer behind it."""
+    if _version(conn, component, len(migrations)) == len(migrations):
+        return
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        conn.execute("SET LOCAL statement_timeout = 0")
+        conn.execute(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_KEY, component))
         conn.execute(
             "CREATE TABLE IF NOT EXISTS trubrics_schema"
             " (component text PRIMARY KEY, version integer NOT NULL)"
         )
-        row = conn.execute(
-            "SELECT version FROM trubrics_schema WHERE component = %s", (component,)
-        ).fetchone()
-        version = 0 if row is None else int(row[0])
-        if version > len(migrations):
-            raise RuntimeError(
-                f"the {component} schema is at v{version}, newer than this release's"
-                f" v{len(migrations)}; refusing to use it"
-            )
+        version = _version(conn, component, len(migrations))
         for script in migrations[version:]:
             conn.execute(script)
         conn.execute(
@@ -66,3 +73,20 @@ def migrate(conn: psycopg.Connection[Any], component: str, migrations: Sequence[
             " ON CONFLICT (component) DO UPDATE SET version = excluded.version",
             (component, len(migrations)),
         )
+
+
+def _version(conn: psycopg.Connection[Any], component: str, ours: int) -> int:
+    """The applied version (0: none, or no schema table yet); raises if newer than ours."""
+    found = conn.execute("SELECT to_regclass('trubrics_schema') IS NOT NULL").fetchone()
+    row = None
+    if found and found[0]:
+        row = conn.execute(
+            "SELECT version FROM trubrics_schema WHERE component = %s", (component,)
+        ).fetchone()
+    version = 0 if row is None else int(row[0])
+    if version > ours:
+        raise RuntimeError(
+            f"the {component} schema is at v{version}, newer than this release's"
+            f" v{ours}; refusing to use it"
+        )
+    return version

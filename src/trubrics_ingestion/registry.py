@@ -2,7 +2,7 @@
 
 ``serve --registry URL`` makes a node take its keys from here instead of its own store,
 and ``keys create|list|revoke --registry URL`` manage them. It offers what the node's
-store offers (``keys.KeyStore``): every change bumps a version in the same transaction,
+store offers (``keys.KeyStore``): every change bumps a version in its own transaction,
 and nodes poll that one row (``auth.PolledKeyCache``), reloading the keys only when it
 moved. Only hashes are stored, as in the node's store.
 
@@ -13,7 +13,7 @@ the events and with the operator's own tables.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg
@@ -21,7 +21,7 @@ import psycopg
 from . import pg
 from .auth import ActiveKey
 from .forward.urls import SinkUrl, SinkUrlError, parse_sink_url
-from .keys import KeyInfo, NewKey, chosen_key, new_key, now_us
+from .keys import KeyInfo, KeyStoreUnavailable, NewKey, chosen_key, new_key, now_us
 
 STATEMENT_TIMEOUT_MS = 5_000  # a registry that slow is treated as unreachable
 MIGRATIONS = (
@@ -81,13 +81,15 @@ class Registry:
 
     def revoke_key(self, key_id: str) -> bool:
         def revoke(conn: psycopg.Connection[Any]) -> bool:
-            with _change(conn):
-                cursor = conn.execute(
+            with conn.transaction():
+                revoked = conn.execute(
                     "UPDATE trubrics_api_keys SET revoked_at = %s"
                     " WHERE id = %s AND revoked_at IS NULL",
                     (now_us(), key_id),
-                )
-            return cursor.rowcount == 1
+                ).rowcount
+                if revoked:
+                    _bump(conn)
+            return revoked == 1
 
         return self._use(revoke)
 
@@ -115,9 +117,10 @@ class Registry:
     def _use(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
         try:
             return work(self._connection())
-        except Exception:
+        except (psycopg.Error, RuntimeError) as exc:
             self.close()  # the next call starts from a fresh connection
-            raise
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise KeyStoreUnavailable(f"key registry {self.url.display}: {first_line}") from exc
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
@@ -136,7 +139,7 @@ class Registry:
     def _store(conn: psycopg.Connection[Any], new: NewKey) -> bool:
         """Insert ``new`` (and its project); False if a key with that hash exists."""
         now = now_us()
-        with _change(conn):
+        with conn.transaction():
             conn.execute(
                 "INSERT INTO trubrics_projects VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
                 (new.project, now),
@@ -146,12 +149,12 @@ class Registry:
                 " ON CONFLICT (key_hash) DO NOTHING",
                 (new.id, new.project, new.hash, new.hint, now),
             ).rowcount
+            if inserted:
+                _bump(conn)
         return inserted == 1
 
 
-@contextlib.contextmanager
-def _change(conn: psycopg.Connection[Any]) -> Iterator[None]:
-    """A transaction that also bumps the keys version, so every node's cache reloads."""
-    with conn.transaction():
-        yield
-        conn.execute("UPDATE trubrics_keys_version SET version = version + 1")
+def _bump(conn: psycopg.Connection[Any]) -> None:
+    """Part of every change's transaction: the version moves, so every node reloads (and
+    only then: re-seeding a known key or revoking an unknown id changes nothing)."""
+    conn.execute("UPDATE trubrics_keys_version SET version = version + 1")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sqlite3
 import sys
 from importlib.metadata import version
 
@@ -24,7 +23,7 @@ from .children import background_children
 from .config import Settings
 from .forward import parse_sink_url
 from .journal import Journal
-from .keys import KeyStore, RegistrySnapshot, StoreKeys
+from .keys import KeyStore, KeyStoreUnavailable, RegistrySnapshot, open_key_store
 from .metrics import Metrics
 from .protocol import ConnectionLimits, LimitedHttpToolsProtocol
 from .registry import Registry, parse_registry_url
@@ -37,7 +36,7 @@ def serve(settings: Settings) -> None:
     """Serve until stopped."""
     logs.configure(settings.log_level)
     conn = store.connect(settings.database_path)
-    key_store = _key_store(settings, conn)
+    key_store = open_key_store(settings.registry, lambda: conn)
     _seed_key(key_store, settings)
     cache = _key_cache(key_store, settings)
     metrics = Metrics(database=settings.database_path, per_project=settings.metrics_per_project)
@@ -70,13 +69,6 @@ def serve(settings: Settings) -> None:
         key_store.close()
         metrics.close()
         conn.close()
-
-
-def _key_store(settings: Settings, conn: sqlite3.Connection) -> KeyStore:
-    """The shared registry when configured, else the node's own store."""
-    if settings.registry:
-        return Registry(parse_registry_url(settings.registry))
-    return StoreKeys(conn)
 
 
 def _key_cache(key_store: KeyStore, settings: Settings) -> KeyCache | PolledKeyCache:
@@ -177,7 +169,7 @@ def _seed_key(key_store: KeyStore, settings: Settings) -> None:
         raise SystemExit(1)
     try:
         seeded = key_store.seed_key(settings.init_project, settings.init_api_key.strip())
-    except Exception as exc:
+    except KeyStoreUnavailable as exc:  # the node's own store failing stays fatal
         log.error("could not seed TRUBRICS_INIT_API_KEY in the key registry: %s", exc)
         return
     if seeded:

@@ -58,7 +58,8 @@ def advance(conn: sqlite3.Connection, sink: str, seq: int) -> None:
 
 
 def reset(conn: sqlite3.Connection, sink: str, seq: int = 0) -> None:
-    """Move ``sink``'s cursor to ``seq`` (backwards too): everything after is sent again."""
+    """Move ``sink``'s cursor to ``seq`` (backwards too): everything after is sent again.
+    For a stopped forwarder (a running one reads its cursor only when idle)."""
     ensure_table(conn)
     conn.execute(
         "INSERT INTO forward_cursors (sink, seq, updated_at) VALUES (?, ?, ?)"

@@ -200,7 +200,7 @@ class SinkWorker:
         if not self._migrated:  # before encoding: the encoding may depend on the tables
             self.lanes[0].migrate()
             self._migrated = True
-        if self._read_after is None:  # read here, not cached: cursors.reset() takes effect
+        if self._read_after is None:  # idle or after a failure: from the stored cursor
             self._read_after = cursors.cursor(self._conn, self.url.id)
         self._fill()
         if not self._in_flight:
