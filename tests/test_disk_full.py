@@ -228,8 +228,10 @@ def test_a_full_disk_gets_503_and_the_server_recovers_by_itself(
 
             filler = fill(data_dir)
             statuses = probe_while_broken(node, ledger, "full")
-            unready = requests.get(node.url + "/readyz", timeout=TIMEOUT_S)
-            assert unready.status_code == 503 and "disk" in unready.json()["detail"]
+            for _ in range(3):  # and stays so while the journal probes the full disk
+                unready = requests.get(node.url + "/readyz", timeout=TIMEOUT_S)
+                assert unready.status_code == 503 and "disk" in unready.json()["detail"]
+                time.sleep(1.0)
 
             filler.unlink()
             # Ready again without any publish traffic (a balancer sends none to an unready

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import queue
+import shutil
 import sqlite3
 import threading
 import time
@@ -43,6 +44,7 @@ class Entry:
 _STOP = object()
 PRUNE_EVERY_S = 1.0
 PROBE_EVERY_S = 1.0  # while commits fail and nothing is queued: how often to try a write
+PROBE_MARGIN_BYTES = 1 << 20  # free space wanted beyond what the failed commit needed
 
 
 class Journal:
@@ -65,6 +67,7 @@ class Journal:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._failing = False  # the last commit (or probe) failed: disk full, read-only...
+        self._needed_bytes = 0  # free space that the failed commit would have wanted
 
     def start(self) -> None:
         """Open the store and start the writer thread."""
@@ -170,6 +173,8 @@ class Journal:
             self._recent.forget(remembered)
             _rollback(conn)
             self._failing = True
+            written = sum(len(entry.body) for entry in entries)
+            self._needed_bytes = 2 * written + PROBE_MARGIN_BYTES  # WAL, then checkpoint
             outcomes = [StorageUnavailable()] * len(entries)
         else:
             self._metrics.commit(len(entries), time.perf_counter() - started)
@@ -178,7 +183,12 @@ class Journal:
             _resolve(entry, outcome)
 
     def _probe(self, conn: sqlite3.Connection) -> None:
-        """A write that changes nothing but still needs the disk (a WAL frame, an fsync)."""
+        """Enough free space for what failed, and a write that changes nothing but still
+        needs the disk (a WAL frame, an fsync). The write alone is not enough: it fits in
+        WAL space that the failed commit already took, while real batches would not."""
+        with contextlib.suppress(OSError):
+            if shutil.disk_usage(self._database.parent).free < self._needed_bytes:
+                return
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("UPDATE meta SET value = value WHERE name = 'keys_version'")
