@@ -6,9 +6,12 @@ nodes over real sockets, keys managed with the real CLI.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +20,7 @@ from typing import Any
 import pytest
 import requests
 
-from conftest import CLI, Node
+from conftest import CLI, Node, free_port
 from engines import PostgresServer
 from trubrics_ingestion.auth import hash_key
 
@@ -193,6 +196,80 @@ def test_a_node_restarted_while_the_registry_is_down_still_knows_its_keys(
     dump = b"".join(path.read_bytes() for path in files if path.exists())
     assert hash_key(known["key"]).encode() in dump and known["key"].encode() not in dump
     assert len(node.export()) == 2
+
+
+class FreezingProxy:
+    """A TCP relay to the registry that can stop relaying while keeping every connection
+    open: a server that hangs instead of refusing (stopped process, frozen storage)."""
+
+    def __init__(self, port: int) -> None:
+        self.target = ("127.0.0.1", port)
+        self.frozen = threading.Event()
+        self.closed = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", free_port()))
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, postgres: PostgresServer) -> str:
+        return postgres.url.replace(f":{postgres.port}/", f":{self.port}/")
+
+    def close(self) -> None:
+        self.closed.set()
+        for sock in [self.listener, *self.sockets]:
+            sock.close()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                continue
+            server = socket.create_connection(self.target, timeout=5)
+            self.sockets += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        source.settimeout(0.1)
+        while not self.closed.is_set():
+            if self.frozen.is_set():
+                time.sleep(0.05)
+                continue
+            try:
+                data = source.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            with contextlib.suppress(OSError):
+                sink.sendall(data)
+
+
+def test_a_registry_that_hangs_counts_as_unreachable(
+    postgres: PostgresServer, registry_nodes: Callable[..., Node]
+) -> None:
+    """Not refused, just silent: known keys keep working, an unknown key gets 503 (not a
+    401 that an SDK would take as final), and /readyz says so within seconds."""
+    known = create(postgres.url, "hang")
+    proxy = FreezingProxy(postgres.port)
+    try:
+        node = registry_nodes(TRUBRICS_REGISTRY=proxy.url(postgres))
+        assert publish(node, known["key"]) == 200
+        proxy.frozen.set()
+        wait_for(lambda: not _readyz(node)["key_registry"]["reachable"], 15)
+        assert publish(node, known["key"]) == 200
+        started = time.monotonic()
+        refused = node.post("/publish_events", [EVENT], key="trb_" + "h" * 43)
+        assert refused.status_code == 503 and time.monotonic() - started < 5
+        proxy.frozen.clear()
+        wait_for(lambda: _readyz(node)["key_registry"]["reachable"], 30)
+        assert publish(node, create(postgres.url, "hang")["key"]) == 200
+    finally:
+        proxy.close()
 
 
 def test_readyz_and_metrics_show_the_forwarding_backlog(
