@@ -181,6 +181,8 @@ class PolledKeyCache:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=10)
+        with contextlib.suppress(InvalidStateError):
+            self._next_look.set_result(None)  # nobody waits for a look that will not come
         if self._snapshot is not None and not self._thread.is_alive():
             self._snapshot.close()
 
