@@ -88,7 +88,8 @@ class SinkStatus:
 def read_status(database: Path, sinks: Sequence[str]) -> list[SinkStatus]:
     """Status of each sink, reading the SQLite file read-only (safe while the server runs,
     and it never creates or migrates a store)."""
-    conn = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+    uri = f"{database.resolve().as_uri()}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=1)  # /readyz and /metrics must not hang
     try:
         return [_status(conn, sink) for sink in sinks]
     finally:

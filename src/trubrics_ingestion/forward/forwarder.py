@@ -284,6 +284,7 @@ class Forwarder:
         """``batch_rows`` and ``lanes`` override every engine's ``DELIVERY``."""
         self.database = Path(database)
         self.urls = parse_sink_urls(sink_urls)
+        self._threads: list[threading.Thread] | None = None  # while or after run()
         self.workers = []
         for url in self.urls:
             delivery = DELIVERY[url.kind]
@@ -316,7 +317,7 @@ class Forwarder:
     ) -> None:
         """Run every worker in its own thread until ``stop`` is set or ``parent_pid`` is
         no longer our parent; prune delivered events regularly if ``retention_s``."""
-        threads = [
+        self._threads = threads = [
             threading.Thread(
                 target=_work, args=(worker, stop), name=f"forward {worker.url.id}", daemon=True
             )
@@ -339,8 +340,14 @@ class Forwarder:
                 thread.join(STOP_TIMEOUT_S)
 
     def close(self) -> None:
-        for worker in self.workers:
-            worker.close()
+        """Close every worker whose thread has ended; one still stuck in an engine call is
+        left to the process exit (its cursor only ever moved past confirmed batches)."""
+        for index, worker in enumerate(self.workers):
+            thread = self._threads[index] if self._threads else None
+            if thread is None or not thread.is_alive():
+                worker.close()
+            else:
+                log.warning("%s: still busy at shutdown; not waiting for it", worker.url.display)
 
     def _prune(self, retention_s: float) -> None:
         try:
