@@ -11,7 +11,6 @@ must recognise those it had stored and store the others, each exactly once.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
@@ -25,12 +24,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 import requests
 
-from conftest import Node
+from conftest import Node, children_of, is_gone, kill_node
 
 WORKERS = 8
 EVENTS_PER_BATCH = 10
@@ -268,68 +266,11 @@ def wait_for_acks(ledger: Ledger, more: int, timeout_s: float, log: str = "") ->
 # --- processes -------------------------------------------------------------------------------
 
 
-def _parent_and_cmdline(pid: int) -> tuple[int, bytes, str] | None:
-    """(ppid, cmdline, state) of a process, or None once it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return int(fields[1]), cmdline, fields[0]
-
-
-def materialisers_of(server_pid: int) -> list[int]:
-    """The server's ``events materialise`` children, found through /proc.
-
-    By parent pid, and by the ``--parent-pid`` they are given, which also finds one the
-    server spawned but that has already been re-parented after the server died.
-    """
-    marker = b"\0--parent-pid\0" + str(server_pid).encode() + b"\0"
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        info = _parent_and_cmdline(int(entry.name))
-        if info and b"materialise" in info[1] and (info[0] == server_pid or marker in info[1]):
-            found.append(int(entry.name))
-    return found
-
-
-def is_gone(pid: int) -> bool:
-    """Exited (a zombie waiting for a reaper counts: it holds no locks and runs no code)."""
-    info = _parent_and_cmdline(pid)
-    return info is None or info[2] in ("Z", "X")
-
-
-def kill_hard(node: Node) -> int:
-    """SIGKILL the server and every materialiser it started, as a power cut would; returns
-    how many materialisers died with it. Leaves ``node`` stopped, ready for ``start()``."""
-    assert node.process is not None
-    server = node.process.pid
-    children = materialisers_of(server)
-    for pid in [server, *children]:
-        _kill(pid, signal.SIGKILL)
-    node.process.wait(10)
-    node.process = None
-    late = [pid for pid in materialisers_of(server) if pid not in children]
-    for pid in late:  # spawned by the watcher between the scan and the kill
-        _kill(pid, signal.SIGKILL)
-    victims = children + late
-    wait_until(lambda: all(is_gone(pid) for pid in victims), 10, "killed materialisers to go")
-    return len(victims)
-
-
-def _kill(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):  # already gone: nothing left to stop
-        os.kill(pid, sig)
-
-
 def stop_everything(node: Node) -> None:
     """Best-effort cleanup on any outcome: no server or materialiser outlives its test."""
     if node.process is not None:
         if node.process.poll() is None:
-            kill_hard(node)
+            kill_node(node)
         else:
             node.process = None
 
@@ -383,7 +324,7 @@ def test_every_acknowledged_event_survives_repeated_kill_9_of_server_and_materia
                 )
                 time.sleep(rng.uniform(0, 0.2))  # land anywhere in a commit or a materialisation
                 logs.append(node.log())
-                materialisers_killed += kill_hard(node)
+                materialisers_killed += len(kill_node(node))
                 kills += 1
                 node.start()
             wait_for_acks(ledger, ACKS_BEFORE_KILL[0], 20, node.log())  # serves after the last
@@ -445,7 +386,7 @@ def test_sigterm_under_load_finishes_in_flight_batches_and_exits_0(
             took = time.monotonic() - signalled
             node.process = None
             load.stop()
-        leftovers = materialisers_of(server.pid)
+        leftovers = children_of(server.pid, b"materialise")
         wait_until(lambda: all(is_gone(p) for p in leftovers), 5, "the materialiser to exit")
         ledger.record("slow-b0", 100, slow_status, slow_text)
         stored = [event["user_id"] for event in node.export()]

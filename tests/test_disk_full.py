@@ -28,14 +28,12 @@ from typing import Any
 import pytest
 import requests
 
-from conftest import Node
+from conftest import Node, is_gone, kill_node
 from test_crash import (
     Ledger,
     Load,
     batch_body,
     check_nothing_acknowledged_is_lost,
-    is_gone,
-    kill_hard,
     resend,
     wait_for_acks,
     wait_until,
@@ -199,7 +197,7 @@ def journal_backlog(data_dir: Path) -> int:
 def stop(node: Node) -> None:
     """Kill the server and its materialiser before the filesystem under them goes away."""
     if node.process is not None and node.process.poll() is None:
-        kill_hard(node)
+        kill_node(node)
     node.process = None
 
 

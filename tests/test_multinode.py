@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
-import signal
 import sqlite3
 import subprocess
 import threading
@@ -37,7 +35,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import CLI, Node
+from conftest import CLI, Node, kill_node
 from engines import ClickHouseCluster, PostgresServer
 from trubrics_ingestion.forward import forward_status
 
@@ -56,59 +54,6 @@ BATCH_SHAPE = {"event": "multinode", "timestamp": "2026-06-20T12:00:00Z"}
 
 def database_of(node: Node) -> Path:
     return node.data_dir / "trubrics.db"
-
-
-def _stat(pid: int) -> tuple[int, str, bytes] | None:
-    """(ppid, state, cmdline) of a process, or None once it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return int(fields[1]), fields[0], cmdline
-
-
-def children_of(server_pid: int) -> list[int]:
-    """The node's materialiser and forwarder: children of the server, or processes started
-    with its ``--parent-pid`` (which also finds one re-parented after the server died)."""
-    marker = b"\0--parent-pid\0" + str(server_pid).encode() + b"\0"
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != server_pid:
-            info = _stat(int(entry.name))
-            alive = info is not None and info[1] not in ("Z", "X")
-            if alive and info is not None and (info[0] == server_pid or marker in info[2]):
-                found.append(int(entry.name))
-    return found
-
-
-def is_gone(pid: int) -> bool:
-    info = _stat(pid)
-    return info is None or info[1] in ("Z", "X")
-
-
-def kill_node(node: Node) -> list[int]:
-    """SIGKILL the server and every child it started, as a power cut would; returns the
-    children's pids. Leaves ``node`` stopped, ready for ``start()`` on the same data dir."""
-    assert node.process is not None
-    server = node.process.pid
-    children = children_of(server)
-    for pid in [server, *children]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    node.process.wait(10)
-    node.process = None
-    late = [pid for pid in children_of(server) if pid not in children]
-    for pid in late:  # a child the server's watcher restarted between the scan and the kill
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    victims = children + late
-    deadline = time.monotonic() + 10
-    while not all(is_gone(pid) for pid in victims):
-        assert time.monotonic() < deadline, f"killed children still running: {victims}"
-        time.sleep(0.02)
-    return victims
 
 
 @pytest.fixture
