@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +113,24 @@ class Node:
     def export(self, *args: str) -> list[dict[str, Any]]:
         out = self.cli("events", "export", *args).stdout
         return [json.loads(line) for line in out.split("\n") if line]
+
+
+def wait_until(
+    condition: Callable[[], bool],
+    timeout_s: float = 30.0,
+    what: str = "the condition",
+    log: str = "",
+    *,
+    poll_s: float = 0.05,
+) -> float:
+    """Poll ``condition`` until it holds; the seconds it took. Fails the test, naming
+    ``what`` (and the tail of ``log``), if it does not hold within ``timeout_s``."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout_s:
+            pytest.fail(f"timed out after {timeout_s}s waiting for {what}\n{log[-4000:]}")
+        time.sleep(poll_s)
+    return time.monotonic() - started
 
 
 def _proc(pid: int) -> tuple[int, str, bytes] | None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import pytest
 import requests
 
-from conftest import Node, children_of, is_gone, kill_node
+from conftest import Node, children_of, is_gone, kill_node, wait_until
 
 WORKERS = 8
 EVENTS_PER_BATCH = 10
@@ -246,15 +246,6 @@ def resend(url: str, key: str, ledger: Ledger, tags: Iterable[str]) -> None:
 
     with ThreadPoolExecutor(WORKERS) as pool:
         list(pool.map(one, list(tags)))
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, log: str = "") -> None:
-    """Poll ``condition``; fail, naming ``what``, if it does not hold within ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {what}\n{log[-4000:]}")
-        time.sleep(0.01)
 
 
 def wait_for_acks(ledger: Ledger, more: int, timeout_s: float, log: str = "") -> None:

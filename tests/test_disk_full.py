@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import requests
 
-from conftest import Node, is_gone, kill_node
+from conftest import Node, is_gone, kill_node, wait_until
 from test_crash import (
     Ledger,
     Load,
@@ -36,7 +36,6 @@ from test_crash import (
     check_nothing_acknowledged_is_lost,
     resend,
     wait_for_acks,
-    wait_until,
 )
 
 FS_SIZE = "8m"

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,6 +29,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from conftest import wait_until
 from engines import ClickHouseCluster, PostgresServer
 from trubrics_ingestion import events as store_events
 from trubrics_ingestion.expand import to_micros
@@ -173,13 +174,6 @@ def forward_all(forwarder: Forwarder, timeout_s: float = 60.0) -> None:
         assert time.monotonic() < deadline, (forwarder.status(), forwarder.health())
         if not forwarder.step():
             time.sleep(0.05)
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def pg_time(moment: datetime) -> str:
@@ -377,7 +371,7 @@ def test_an_engine_outage_loses_and_doubles_nothing(
     which = 1 if down == "clickhouse" else 0  # the position of its status
     add_events(store, 1000)
     with Running(database, targets.urls):
-        wait_until(lambda: _backlogs(database, targets) == [0, 0], "the first delivery")
+        wait_until(lambda: _backlogs(database, targets) == [0, 0], 60, "the first delivery")
         engine.stop()
         outage_started = time.monotonic()
         backlogs, ages = [], []
@@ -388,9 +382,11 @@ def test_an_engine_outage_loses_and_doubles_nothing(
             ages.append(status[which].oldest_undelivered_age_s or 0.0)
             time.sleep(0.5)
         other = 1 - which
-        wait_until(lambda: _backlogs(database, targets)[other] == 0, "the other engine to keep up")
+        wait_until(
+            lambda: _backlogs(database, targets)[other] == 0, 60, "the other engine to keep up"
+        )
         engine.start()
-        wait_until(lambda: _backlogs(database, targets) == [0, 0], "delivery after the outage")
+        wait_until(lambda: _backlogs(database, targets) == [0, 0], 60, "delivery after the outage")
     total = stored(store)
     assert total >= 1000 + 300 * 15
     assert backlogs == sorted(backlogs) and backlogs[-1] > backlogs[0] > 0, backlogs
@@ -428,6 +424,7 @@ def test_kill_9_mid_forward_then_restart(store: sqlite3.Connection, targets: Tar
     try:
         wait_until(
             lambda: min(s.cursor for s in forward_status(database, targets.urls)) > 2000,
+            60,
             "some progress",
         )
         os.kill(child.pid, signal.SIGKILL)
@@ -436,7 +433,7 @@ def test_kill_9_mid_forward_then_restart(store: sqlite3.Connection, targets: Tar
         assert all(c > 0 for c in cursors_at_kill), cursors_at_kill
         assert any(c < 30_000 for c in cursors_at_kill), cursors_at_kill  # killed mid-forward
         child = subprocess.Popen(argv)
-        wait_until(lambda: _backlogs(database, targets) == [0, 0], "delivery after restart")
+        wait_until(lambda: _backlogs(database, targets) == [0, 0], 60, "delivery after restart")
     finally:
         child.send_signal(signal.SIGTERM)
         child.wait(10)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-import time
 from datetime import UTC, datetime
 from typing import Any
 
 import requests
 
-from conftest import Node, create_key
+from conftest import Node, create_key, wait_until
 
 EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
 LLM = {"user_id": "u", "prompt": "p", "generation": "g"}
@@ -69,7 +68,7 @@ def test_every_line_is_json_startup_to_shutdown(node: Node) -> None:
     assert node.post("/publish_events", [EVENT], key=None).status_code == 401
     assert requests.get(node.url + "/nowhere", timeout=5).status_code == 404
     assert requests.get(node.url + "/metrics", timeout=5).status_code == 200
-    wait_until(lambda: any(r["logger"].endswith("materialise") for r in lines(node)))
+    wait_until(lambda: any(r["logger"].endswith("materialise") for r in lines(node)), 15)
     assert node.stop(signal.SIGTERM) == 0
 
     records = lines(node)
@@ -131,7 +130,7 @@ def test_one_access_line_per_request(node: Node) -> None:
     assert requests.get(node.url + "/readyz", timeout=5).status_code == 200
 
     # Lines are written at the end of the server's loop iteration: maybe just after the answer.
-    wait_until(lambda: len(access_lines(node)) >= 7)
+    wait_until(lambda: len(access_lines(node)) >= 7, 15)
     records = access_lines(node)
     assert all(set(r) == ACCESS_FIELDS for r in records), records
     assert [
@@ -214,10 +213,3 @@ def test_no_key_and_no_header_value_is_ever_written(make_node) -> None:  # type:
     assert projects.count("second-project") == 3
     assert projects.count(None) >= len(bad_keys) + 1
     assert '"project":"visible-project"' in log
-
-
-def wait_until(condition, timeout_s: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)

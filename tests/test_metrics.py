@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Node, create_key, materialiser_of
+from conftest import Node, create_key, materialiser_of, wait_until
 
 EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
 LLM = {"user_id": "u", "prompt": "p", "generation": "g"}
@@ -143,7 +142,7 @@ def test_backlog_quarantine_and_store_size_are_read_from_the_store(node: Node) -
         poison(database, node.project)
         assert value(scrape(node), "trubrics_materialise_backlog_batches") == 4
 
-    wait_for(lambda: value(scrape(node), "trubrics_materialise_backlog_batches") == 0)
+    wait_until(lambda: value(scrape(node), "trubrics_materialise_backlog_batches") == 0, 15)
     samples = scrape(node)
     assert value(samples, "trubrics_quarantined_batches") == 1
     on_disk = database.stat().st_size + Path(f"{database}-wal").stat().st_size
@@ -211,13 +210,6 @@ def materialiser_paused(node: Node) -> Iterator[None]:
         yield
     finally:
         os.kill(child, signal.SIGCONT)
-
-
-def wait_for(condition, timeout_s: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_every_refusal_of_a_batch_has_a_reason_label() -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import requests
 
-from conftest import CLI, Node, free_port
+from conftest import CLI, Node, free_port, wait_until
 from engines import PostgresServer
 from trubrics_ingestion.auth import hash_key
 
@@ -41,15 +41,6 @@ def registry_cli(url: str, *args: str, check: bool = True) -> subprocess.Complet
 
 def create(url: str, project: str) -> dict[str, str]:
     return json.loads(registry_cli(url, "create", "--project", project, "--json").stdout)
-
-
-def wait_for(check: Callable[[], bool], seconds: float) -> float:
-    """Seconds until ``check()`` held; fails the test after ``seconds``."""
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < seconds, "condition not met in time"
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 @pytest.fixture
@@ -122,7 +113,7 @@ def test_two_nodes_share_keys_and_a_revocation_reaches_both_within_seconds(
     other = create(postgres.url, "two-nodes")  # a second key of the project keeps working
     registry_cli(postgres.url, "revoke", new["id"])
     took = [
-        wait_for(lambda node=node: publish(node, new["key"]) == 401, REVOCATION_LIMIT_S)
+        wait_until(lambda node=node: publish(node, new["key"]) == 401, REVOCATION_LIMIT_S)
         for node in (first, second)
     ]
     assert max(took) < REVOCATION_LIMIT_S
@@ -156,7 +147,7 @@ def test_an_unreachable_registry_keeps_known_keys_and_says_so(
     assert ready["key_registry"]["reachable"] is True and "warnings" not in ready
     postgres.stop()
     try:
-        wait_for(lambda: not _readyz(node)["key_registry"]["reachable"], 15)
+        wait_until(lambda: not _readyz(node)["key_registry"]["reachable"], 15)
         assert publish(node, known["key"]) == 200  # known keys keep working
         refused = node.post("/publish_events", [EVENT], key=unknown)
         assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
@@ -169,7 +160,7 @@ def test_an_unreachable_registry_keeps_known_keys_and_says_so(
         assert "key registry unreachable" in node.log()
     finally:
         postgres.start()
-    wait_for(lambda: _readyz(node)["key_registry"]["reachable"], 15)
+    wait_until(lambda: _readyz(node)["key_registry"]["reachable"], 15)
     assert publish(node, unknown) == 401
     assert publish(node, create(postgres.url, "outage")["key"]) == 200
     assert "reachable again" in node.log()
@@ -260,13 +251,13 @@ def test_a_registry_that_hangs_counts_as_unreachable(
         node = registry_nodes(TRUBRICS_REGISTRY=proxy.url(postgres))
         assert publish(node, known["key"]) == 200
         proxy.frozen.set()
-        wait_for(lambda: not _readyz(node)["key_registry"]["reachable"], 15)
+        wait_until(lambda: not _readyz(node)["key_registry"]["reachable"], 15)
         assert publish(node, known["key"]) == 200
         started = time.monotonic()
         refused = node.post("/publish_events", [EVENT], key="trb_" + "h" * 43)
         assert refused.status_code == 503 and time.monotonic() - started < 5
         proxy.frozen.clear()
-        wait_for(lambda: _readyz(node)["key_registry"]["reachable"], 30)
+        wait_until(lambda: _readyz(node)["key_registry"]["reachable"], 30)
         assert publish(node, create(postgres.url, "hang")["key"]) == 200
     finally:
         proxy.close()
@@ -282,7 +273,7 @@ def test_readyz_and_metrics_show_the_forwarding_backlog(
     def backlog() -> Any:
         return _readyz(node)["forwarding"][0]
 
-    wait_for(lambda: backlog()["backlog_events"] == 30, 15)
+    wait_until(lambda: backlog()["backlog_events"] == 30, 15)
     status = backlog()
     assert status["engine"] == "clickhouse://127.0.0.1:1/default"
     assert status["oldest_undelivered_age_s"] > 0

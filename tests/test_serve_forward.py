@@ -4,19 +4,11 @@
 from __future__ import annotations
 
 import subprocess
-import time
 
-from conftest import CLI, Node
+from conftest import CLI, Node, wait_until
 from engines import ClickHouseCluster, PostgresServer
 
 EVENT = {"event": "e", "timestamp": "2026-06-20T12:00:00Z"}
-
-
-def wait_until(check: object, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.2)
 
 
 def test_migrate_is_idempotent(postgres: PostgresServer, clickhouse: ClickHouseCluster) -> None:
@@ -51,8 +43,8 @@ def test_serve_forwards_acknowledged_events_to_both_engines(
         assert node.post("/publish_events", batch).status_code == 200
     pg = "SELECT count(*) FROM events WHERE user_id LIKE 'fwd-%'"
     ch = "SELECT count() FROM events FINAL WHERE user_id LIKE 'fwd-%'"
-    wait_until(lambda: postgres.psql(pg).strip() == "1000")
-    wait_until(lambda: clickhouse.query(ch).strip() == "1000")
+    wait_until(lambda: postgres.psql(pg).strip() == "1000", poll_s=0.2)
+    wait_until(lambda: clickhouse.query(ch).strip() == "1000", poll_s=0.2)
     ids = {e["id"] for e in node.export()}
     some = postgres.psql("SELECT id FROM events WHERE user_id = 'fwd-3-7'").strip()
     assert some in ids
@@ -68,8 +60,8 @@ def test_delivered_events_are_pruned_after_the_retention(
         batch = [{**EVENT, "user_id": f"pruned-{n}-{i}"} for i in range(100)]
         assert node.post("/publish_events", batch).status_code == 200
     pg = "SELECT count(*) FROM events WHERE user_id LIKE 'pruned-%'"
-    wait_until(lambda: postgres.psql(pg).strip() == "300")
+    wait_until(lambda: postgres.psql(pg).strip() == "300", poll_s=0.2)
     # Delivered everywhere and older than 0 s: gone from the node, but for the newest row,
     # which is always kept (its seq must not be handed out again).
-    wait_until(lambda: node.cli("events", "count").stdout.strip() == "1")
+    wait_until(lambda: node.cli("events", "count").stdout.strip() == "1", poll_s=0.2)
     assert postgres.psql(pg).strip() == "300"
