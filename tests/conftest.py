@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from engines import ClickHouseCluster, PostgresServer, free_port, require_engines
+from trubrics_ingestion.forward import Row, Sink
 
 CLI = [sys.executable, "-m", "trubrics_ingestion"]
 START_TIMEOUT_S = 20.0
@@ -131,6 +132,11 @@ def wait_until(
             pytest.fail(f"timed out after {timeout_s}s waiting for {what}\n{log[-4000:]}")
         time.sleep(poll_s)
     return time.monotonic() - started
+
+
+def send_rows(sink: Sink, rows: Sequence[Row]) -> None:
+    """Encode and send ``rows`` through ``sink``, as the forwarder does with a batch."""
+    sink.send(sink.encode(rows), len(rows))
 
 
 def _proc(pid: int) -> tuple[int, str, bytes] | None:

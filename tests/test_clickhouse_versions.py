@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from conftest import send_rows
 from engines import ClickHouseCluster, PostgresServer
 from trubrics_ingestion.forward import open_sink, parse_sink_url
 from trubrics_ingestion.forward.clickhouse import (
@@ -344,8 +345,8 @@ def test_clickhouse_18_16_runs_the_readme_queries(
         for batch in redelivered(rows)[1:]:
             sink.send(sink.encode(batch), len(batch))
         sink._conn.sock.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]
-        sink.send_batch(rows)  # a stale keep-alive, reopened: the sink still knows DateTime
-        sink.send_batch(rows)
+        send_rows(sink, rows)  # a stale keep-alive, reopened: the sink still knows DateTime
+        send_rows(sink, rows)
     finally:
         sink.close()
     assert clickhouse.query("SELECT version()").startswith("18.16.")
@@ -378,7 +379,7 @@ def test_postgresql_runs_the_readme_queries(postgres: PostgresServer, rows: Sequ
     try:
         sink.migrate()
         for batch in redelivered(rows):
-            sink.send_batch(batch)
+            send_rows(sink, batch)
     finally:
         sink.close()
     sql = readme_queries()["postgresql"]

@@ -29,7 +29,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from conftest import wait_until
+from conftest import send_rows, wait_until
 from engines import ClickHouseCluster, PostgresServer
 from trubrics_ingestion import events as store_events
 from trubrics_ingestion.expand import to_micros
@@ -535,9 +535,9 @@ def test_postgres_upgrades_a_v1_schema_keeping_its_rows(
         conn.execute("INSERT INTO trubrics_schema VALUES ('events', 1)")
     sink = open_sink(parse_sink_url(targets.pg_url))
     try:
-        sink.send_batch(rows)
+        send_rows(sink, rows)
         sink.migrate()
-        sink.send_batch(rows)  # the same rows again: still once each
+        send_rows(sink, rows)  # the same rows again: still once each
     finally:
         sink.close()
     assert targets.pg_count() == len(rows)
@@ -563,11 +563,11 @@ def test_clickhouse_without_cluster_and_after_an_idle_keepalive(
     rows = cursors.read_batch(store, 0, 1000)
     try:
         sink.migrate()
-        sink.send_batch(rows[:200])
+        send_rows(sink, rows[:200])
         connection = sink._conn  # type: ignore[attr-defined]
         assert connection.sock is not None  # kept alive after the insert
         connection.sock.shutdown(socket.SHUT_RDWR)  # as when the server drops an idle one
-        sink.send_batch(rows)  # 200 again, 100 new
+        send_rows(sink, rows)  # 200 again, 100 new
     finally:
         sink.close()
     engine = targets.ch(

@@ -187,9 +187,6 @@ class ClickHouseSink:
             raise RuntimeError(f"{self.name}: encode() before migrate()")
         return encode_json_lines(rows, self._span)
 
-    def send_batch(self, rows: Sequence[Row]) -> None:
-        self.send(self.encode(rows), len(rows))
-
     def send(self, payload: bytes, count: int) -> None:
         if count:
             self._query(self._insert, INSERT_TIMEOUT_S, payload, self._insert_settings)

@@ -98,9 +98,6 @@ class PostgresSink:
     def encode(self, rows: Sequence[Row]) -> bytes:
         return encode_copy(rows)
 
-    def send_batch(self, rows: Sequence[Row]) -> None:
-        self.send(encode_copy(rows), len(rows))
-
     def send(self, payload: bytes, count: int) -> None:
         if not count:
             return

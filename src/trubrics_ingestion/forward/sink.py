@@ -47,10 +47,6 @@ class Sink(Protocol):
         present must not be duplicated."""
         ...
 
-    def send_batch(self, rows: Sequence[Row]) -> None:
-        """``send(encode(rows), len(rows))``."""
-        ...
-
     def close(self) -> None:
         """Drop the connection (the next call reconnects); never raises."""
         ...
