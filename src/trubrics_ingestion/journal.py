@@ -23,7 +23,7 @@ from pathlib import Path
 from .dedup import DEFAULT_WINDOW_S, RecentBatches, Verdict, batch_digests
 from .errors import IdempotencyConflict, StorageUnavailable
 from .metrics import Metrics
-from .store import connect
+from .store import connect, transaction
 
 log = logging.getLogger("trubrics_ingestion.journal")
 
@@ -154,24 +154,22 @@ class Journal:
         outcomes: list[Verdict | Exception]
         started = time.perf_counter()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            verdicts = [self._admit(conn, entry, remembered) for entry in entries]
-            conn.executemany(
-                "INSERT INTO journal (project, source, received_at, body) VALUES (?, ?, ?, ?)",
-                [
-                    (e.project, e.source, e.received_at, e.body)
-                    for e, verdict in zip(entries, verdicts, strict=True)
-                    if verdict is Verdict.NEW
-                ],
-            )
-            self._prune_now_and_then(conn)
-            conn.execute("COMMIT")
+            with transaction(conn):
+                verdicts = [self._admit(conn, entry, remembered) for entry in entries]
+                conn.executemany(
+                    "INSERT INTO journal (project, source, received_at, body) VALUES (?, ?, ?, ?)",
+                    [
+                        (e.project, e.source, e.received_at, e.body)
+                        for e, verdict in zip(entries, verdicts, strict=True)
+                        if verdict is Verdict.NEW
+                    ],
+                )
+                self._prune_now_and_then(conn)
             outcomes = list(verdicts)
         except sqlite3.Error as exc:
             log.error("journal commit of %d batches failed: %s", len(entries), exc)
             self._metrics.commit_failed()
             self._recent.forget(remembered)
-            _rollback(conn)
             self._failing = True
             written = sum(len(entry.body) for entry in entries)
             self._needed_bytes = 2 * written + PROBE_MARGIN_BYTES  # WAL, then checkpoint
@@ -190,13 +188,11 @@ class Journal:
             if shutil.disk_usage(self._database.parent).free < self._needed_bytes:
                 return
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("UPDATE meta SET value = value WHERE name = 'keys_version'")
-            conn.execute("COMMIT")
+            with transaction(conn):
+                conn.execute("UPDATE meta SET value = value WHERE name = 'keys_version'")
         except sqlite3.Error:
-            _rollback(conn)
-        else:
-            self._recovered()
+            return
+        self._recovered()
 
     def _recovered(self) -> None:
         if self._failing:
@@ -221,11 +217,6 @@ class Journal:
         if now - self._pruned_at >= PRUNE_EVERY_S:
             self._recent.prune(conn)
             self._pruned_at = now
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    if conn.in_transaction:
-        conn.execute("ROLLBACK")
 
 
 def _resolve(entry: Entry, outcome: Verdict | Exception) -> None:

@@ -8,16 +8,17 @@ a keys version in the same transaction, which is how running servers notice it
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from .auth import ActiveKey, generate_key, hash_key
-from .store import connect, meta
+from .store import connect, meta, transaction
 
 
 @dataclass(frozen=True)
@@ -168,18 +169,12 @@ class RegistrySnapshot:
     def save(self, keys: list[ActiveKey]) -> None:
         """Replace the snapshot with ``keys``, in one transaction."""
         conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             conn.execute("DELETE FROM registry_keys")
             conn.executemany(
                 "INSERT INTO registry_keys VALUES (?, ?, ?)",
                 [(key.key_hash, key.key_id, key.project) for key in keys],
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     def close(self) -> None:
         if self._conn is not None:
@@ -192,21 +187,12 @@ class RegistrySnapshot:
         return self._conn
 
 
-class _change:
+@contextlib.contextmanager
+def _change(conn: sqlite3.Connection) -> Iterator[None]:
     """A write transaction that also bumps the keys version, so caches reload."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def __enter__(self) -> None:
-        self._conn.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, kind: object, *_: object) -> None:
-        if kind is None:
-            self._conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'keys_version'")
-            self._conn.execute("COMMIT")
-        elif self._conn.in_transaction:
-            self._conn.execute("ROLLBACK")
+    with transaction(conn):
+        yield
+        conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'keys_version'")
 
 
 def now_us() -> int:

@@ -14,7 +14,6 @@ and a CLI reader both run it: whoever commits second finds its batches gone and 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sqlite3
@@ -26,7 +25,7 @@ from typing import cast
 from .expand import EventRow, expand
 from .ids import id_factory
 from .schema import Kind, decode_batch
-from .store import connect, meta
+from .store import connect, meta, transaction
 
 log = logging.getLogger("trubrics_ingestion.materialise")
 
@@ -70,7 +69,7 @@ def _move_or_quarantine(conn: sqlite3.Connection, batch: Journaled, node: int) -
         raise
     except Exception as exc:
         log.error("journal batch %d cannot be materialised, quarantined: %r", batch[0], exc)
-        with _write(conn):
+        with transaction(conn):
             conn.execute(
                 "INSERT INTO quarantine SELECT *, ?, ? FROM journal WHERE batch = ?",
                 (repr(exc), time.time_ns() // 1000, batch[0]),
@@ -83,7 +82,7 @@ def _move(conn: sqlite3.Connection, batches: list[Journaled], node: int) -> int:
     """Rows in, batches out, in one transaction; the rows are built before the lock is taken."""
     rows = [row for batch in batches for row in _rows(batch, node)]
     first, last = batches[0][0], batches[-1][0]
-    with _write(conn):
+    with transaction(conn):
         still_there = conn.execute(
             "SELECT count(*) FROM journal WHERE batch BETWEEN ? AND ?", (first, last)
         ).fetchone()[0]
@@ -92,19 +91,6 @@ def _move(conn: sqlite3.Connection, batches: list[Journaled], node: int) -> int:
         conn.executemany(_INSERT, rows)
         conn.execute("DELETE FROM journal WHERE batch BETWEEN ? AND ?", (first, last))
     return len(batches)
-
-
-@contextlib.contextmanager
-def _write(conn: sqlite3.Connection) -> Iterator[None]:
-    """A write transaction: committed if the block ends normally, rolled back otherwise."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 def catch_up(conn: sqlite3.Connection) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from .ids import new_node_id
@@ -104,10 +105,24 @@ def connect(database: Path) -> sqlite3.Connection:
     return conn
 
 
-def migrate(conn: sqlite3.Connection) -> None:
-    """Apply the missing migrations in one transaction, so concurrent openers agree."""
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction, committed if the block ends normally (and the commit works),
+    rolled back otherwise. ``BEGIN IMMEDIATE`` takes the write lock up front: a reader
+    upgraded to a writer midway could fail with SQLITE_BUSY after doing the work."""
     conn.execute("BEGIN IMMEDIATE")
     try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Apply the missing migrations in one transaction, so concurrent openers agree."""
+    with transaction(conn):
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise SchemaTooNew(
@@ -120,11 +135,6 @@ def migrate(conn: sqlite3.Connection) -> None:
         if version == 0:
             conn.execute("INSERT INTO meta VALUES ('node_id', ?)", (new_node_id(),))
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
 
 
 def meta(conn: sqlite3.Connection, name: str) -> int:
