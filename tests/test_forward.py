@@ -518,8 +518,15 @@ def test_postgres_migrations_are_idempotent_and_safe_concurrently(targets: Targe
         sink.close()
     versions = targets.pg("SELECT component, version FROM trubrics_schema")
     assert versions == [("events", len(postgres_sink.MIGRATIONS))]
-    indexes = targets.pg("SELECT indexname FROM pg_indexes WHERE tablename = 'events'")
-    assert {name for (name,) in indexes} == {"events_pkey", "events_by_time", "events_by_thread"}
+    indexes = targets.pg(
+        "SELECT c.relname, a.amname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = 'events'::regclass"
+    )
+    assert dict(indexes) == {
+        "events_pkey": "btree",
+        "events_by_time": "brin",
+        "events_by_thread": "btree",
+    }
     assert _collations(targets) == {"project": "C", "thread_id": "C", "user_id": None}
 
 
@@ -542,6 +549,11 @@ def test_postgres_upgrades_a_v1_schema_keeping_its_rows(
         sink.close()
     assert targets.pg_count() == len(rows)
     assert _collations(targets)["project"] == "C"
+    (access_method,) = targets.pg(
+        "SELECT a.amname FROM pg_class c JOIN pg_am a ON a.oid = c.relam"
+        " WHERE c.relname = 'events_by_time'"
+    )
+    assert access_method == ("brin",)
 
 
 def _collations(targets: Targets) -> dict[str, str | None]:

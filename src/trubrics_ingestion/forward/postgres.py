@@ -60,6 +60,15 @@ MIGRATIONS = (
         ALTER COLUMN project TYPE text COLLATE "C",
         ALTER COLUMN thread_id TYPE text COLLATE "C";
     """,
+    # Time ranges through a BRIN index instead of a B-tree on (project, timestamp): events
+    # arrive roughly in time order, so block ranges summarise them well, and keeping a BRIN
+    # index costs next to nothing per row where the B-tree cost about 2.5 µs of the
+    # server's ~14 (measured with bench/forward.py's rows). Queries by time still use it;
+    # by project alone they scan, which analytics over all events does anyway.
+    """
+    DROP INDEX IF EXISTS events_by_time;
+    CREATE INDEX events_by_time ON events USING brin (timestamp);
+    """,
 )
 _INSERT_COLUMNS = (
     "id, project, user_id, event, timestamp, thread_id, properties, received_at, source"
