@@ -1,0 +1,63 @@
+"""The SQLite store's schema: created current, and upgraded in place from older releases."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from trubrics_ingestion import store
+
+ROW = ("0190-id", "demo", "u", "e", 1, "t", "{}", 2, "event")
+
+
+def _indexes(conn: sqlite3.Connection) -> set[str]:
+    rows = conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'"
+    )
+    return {name for (name,) in rows}
+
+
+def _at_version(database: Path, version: int) -> None:
+    """A store as release ``version`` of the schema left it, with one event in it."""
+    conn = sqlite3.connect(database, isolation_level=None)
+    for script in store.MIGRATIONS[:version]:
+        conn.executescript(script)
+    conn.execute("INSERT INTO meta VALUES ('node_id', 7)")
+    conn.execute(
+        "INSERT INTO events (id, project, user_id, event, timestamp, thread_id, properties,"
+        " received_at, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        ROW,
+    )
+    conn.execute(f"PRAGMA user_version={version}")
+    conn.close()
+
+
+def test_a_new_store_has_no_secondary_indexes_on_events(tmp_path: Path) -> None:
+    conn = store.connect(tmp_path / "trubrics.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
+    assert _indexes(conn) == {"sqlite_autoindex_events_1"}  # the UNIQUE id
+
+
+def test_a_v4_store_loses_its_event_indexes_and_keeps_its_rows(tmp_path: Path) -> None:
+    database = tmp_path / "trubrics.db"
+    _at_version(database, 4)
+    with sqlite3.connect(database) as old:
+        assert {"events_by_thread", "events_by_time"} <= _indexes(old)
+    conn = store.connect(database)
+    assert _indexes(conn) == {"sqlite_autoindex_events_1"}
+    assert conn.execute(
+        "SELECT id, project, user_id, event, timestamp, thread_id, properties,"
+        " received_at, source FROM events"
+    ).fetchall() == [ROW]
+    assert store.meta(conn, "node_id") == 7
+
+
+def test_a_store_from_a_newer_release_is_refused(tmp_path: Path) -> None:
+    database = tmp_path / "trubrics.db"
+    _at_version(database, store.SCHEMA_VERSION)
+    with sqlite3.connect(database, isolation_level=None) as newer:
+        newer.execute(f"PRAGMA user_version={store.SCHEMA_VERSION + 1}")
+    with pytest.raises(store.SchemaTooNew):
+        store.connect(database)
