@@ -27,3 +27,13 @@ def test_nodes_never_share_ids_and_ids_are_reproducible() -> None:
     assert event_id(1, 1, 1, node=1) != event_id(1, 1, 1, node=2)
     make = id_factory(1_000, batch=9, node=3)
     assert [make(), make()] == [event_id(1_000, 9, 0, 3), event_id(1_000, 9, 1, 3)]
+
+
+def test_a_factory_hands_out_the_canonical_text_of_every_id_of_a_batch() -> None:
+    received_ms, batch, node = 1_781_956_800_123, (1 << 42) - 3, 0xFFFFFF
+    make = id_factory(received_ms, batch, node)
+    for index in range(256):
+        made = make()
+        assert made == event_id(received_ms, batch, index, node)
+        assert made == str(uuid.UUID(made))  # lower-case 8-4-4-4-12
+        assert (uuid.UUID(made).int >> 24) & 0xFF == index

@@ -17,6 +17,8 @@ BATCH_BITS = 42
 INDEX_BITS = 8  # 256 ids per batch: 100 LLM events expand to 200 events
 _VERSION_7 = 0x7 << 76
 _VARIANT = 0b10 << 62
+_HEAD = len("01234567-0123-0123-0123-")  # the text before the last group of 12 hex digits
+_LOW = (1 << 48) - 1  # the last group's bits
 
 
 def new_node_id() -> int:
@@ -32,8 +34,9 @@ def event_id(received_at_ms: int, batch: int, index: int, node: int) -> str:
 def id_factory(received_at_ms: int, batch: int, node: int) -> Callable[[], str]:
     """A callable handing out the ids of one batch in order (cheaply: one base, then ORs)."""
     base = _uuid7(received_at_ms, batch, node)
+    head, low = _format(base)[:_HEAD], base & _LOW  # the index lies within the last group
     indexes = iter(range(1 << INDEX_BITS))
-    return lambda: _format(base | next(indexes) << NODE_BITS)
+    return lambda: f"{head}{low | next(indexes) << NODE_BITS:012x}"
 
 
 def _uuid7(received_at_ms: int, batch: int, node: int) -> int:
