@@ -172,10 +172,9 @@ def children_of(server_pid: int, command: bytes = b"") -> list[int]:
     return found
 
 
-def materialiser_of(pid: int) -> int:
-    """The server's one materialiser child."""
-    (child,) = children_of(pid, b"materialise")
-    return child
+def materialisers_of(pid: int) -> list[int]:
+    """The server's materialiser children (``serve --materialisers``, 2 by default)."""
+    return children_of(pid, b"materialise")
 
 
 def kill_node(node: Node) -> list[int]:

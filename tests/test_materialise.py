@@ -8,9 +8,15 @@ import signal
 import sqlite3
 import subprocess
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
-from conftest import CLI, Node, materialiser_of
+import pytest
+
+from conftest import CLI, Node, is_gone, materialisers_of, wait_until
+from trubrics_ingestion import store
+from trubrics_ingestion.materialise import Shard
 
 EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
 
@@ -41,24 +47,21 @@ def test_the_server_materialises_in_the_background(node: Node) -> None:
 
 def test_a_killed_materialiser_is_restarted(node: Node) -> None:
     assert node.process is not None
-    first = materialiser_of(node.process.pid)
+    first, second = materialisers_of(node.process.pid)
     os.kill(first, signal.SIGKILL)
-    assert node.post("/publish_events", [EVENT] * 3).status_code == 200
-    wait_for(node.data_dir, 3)
-    assert materialiser_of(node.process.pid) != first
+    for batch in range(20):  # both shards' runs, so the new one must do its share
+        assert node.post("/publish_events", [{**EVENT, "user_id": f"u{batch}"}]).status_code == 200
+    wait_for(node.data_dir, 20)
+    children = materialisers_of(node.process.pid)
+    assert len(children) == 2 and first not in children and second in children
 
 
-def test_the_materialiser_leaves_with_its_server(node: Node) -> None:
+def test_the_materialisers_leave_with_their_server(node: Node) -> None:
     assert node.process is not None
-    child = materialiser_of(node.process.pid)
+    children = materialisers_of(node.process.pid)
+    assert len(children) == 2
     node.stop(signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while (
-        Path(f"/proc/{child}").exists()
-        and b"materialise" in Path(f"/proc/{child}/cmdline").read_bytes()
-    ):
-        assert time.monotonic() < deadline, "orphaned materialiser still running"
-        time.sleep(0.05)
+    wait_until(lambda: all(is_gone(child) for child in children), 10, "orphaned materialisers")
 
 
 def test_concurrent_materialisers_store_each_event_once(tmp_path: Path) -> None:
@@ -88,6 +91,70 @@ def test_concurrent_materialisers_store_each_event_once(tmp_path: Path) -> None:
         .fetchone()
     )
     assert ids == (30_000,)
+
+
+def _batch_of(event_id: str) -> int:
+    """The journal batch an event id was derived from (its low 30 bits; see ids.py)."""
+    return (uuid.UUID(event_id).int & ((1 << 62) - 1)) >> 32 & ((1 << 30) - 1)
+
+
+def test_sharded_materialisers_share_the_work_and_keep_journal_order(tmp_path: Path) -> None:
+    """Three ``--shard`` followers, with a CLI catch-up racing them: every event once, and
+    rows in journal order (the runs are inserted oldest first, whoever built them)."""
+    database = tmp_path / "trubrics.db"
+    store.connect(database).close()
+    conn = sqlite3.connect(database)
+    conn.executemany(
+        "INSERT INTO journal (project, source, received_at, body) VALUES (?,?,?,?)",
+        [("p", "event", 1_780_000_000_000_000 + n, _body(n)) for n in range(250)],
+    )
+    conn.commit()
+    conn.close()
+    follow = [*CLI, "events", "materialise", "--follow", "--data-dir", str(tmp_path)]
+    followers = [
+        subprocess.Popen([*follow, "--shard", f"{k}/3", "--parent-pid", str(os.getpid())])
+        for k in (1, 2, 3)
+    ]
+    try:
+        catch_up = [*CLI, "events", "materialise", "--data-dir", str(tmp_path)]
+        subprocess.run(catch_up, check=True, timeout=120)
+        wait_for(tmp_path, 25_000, seconds=60)
+    finally:
+        for follower in followers:
+            follower.terminate()
+            follower.wait(10)
+    conn = sqlite3.connect(database)
+    ids = [event_id for (event_id,) in conn.execute("SELECT id FROM events ORDER BY seq")]
+    assert len(set(ids)) == 25_000
+    batches = [_batch_of(event_id) for event_id in ids]
+    assert batches == sorted(batches) and set(batches) == set(range(1, 251))
+
+
+def _body(batch: int) -> bytes:
+    return json.dumps([{**EVENT, "user_id": f"b{batch}-u{i}"} for i in range(100)]).encode()
+
+
+def test_a_shard_is_written_k_of_n(tmp_path: Path) -> None:
+    assert Shard.parse("2/3") == Shard(index=1, count=3) and str(Shard(1, 3)) == "2/3"
+    for text in ("0/2", "3/2", "1", "a/b", "1/2/3", ""):
+        with pytest.raises(ValueError, match="not a shard"):
+            Shard.parse(text)
+    result = subprocess.run(
+        [*CLI, "events", "materialise", "--follow", "--shard", "3/2", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "not a shard: '3/2'" in result.stderr
+
+
+def test_the_server_runs_as_many_materialisers_as_asked(make_node: Any) -> None:
+    node = make_node(env={"TRUBRICS_MATERIALISERS": "3"})
+    assert node.process is not None
+    assert len(materialisers_of(node.process.pid)) == 3
+    for batch in range(40):
+        assert node.post("/publish_events", [{**EVENT, "user_id": f"u{batch}"}]).status_code == 200
+    wait_for(node.data_dir, 40)
 
 
 def test_a_batch_that_cannot_become_rows_is_quarantined_not_blocking(node: Node) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Node, create_key, materialiser_of, wait_until
+from conftest import Node, create_key, materialisers_of, wait_until
 
 EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
 LLM = {"user_id": "u", "prompt": "p", "generation": "g"}
@@ -202,14 +202,16 @@ def poison(database: Path, project: str) -> None:
 
 @contextmanager
 def materialiser_paused(node: Node) -> Iterator[None]:
-    """SIGSTOP the server's materialiser child, so that the backlog stays put."""
+    """SIGSTOP the server's materialiser children, so that the backlog stays put."""
     assert node.process is not None
-    child = materialiser_of(node.process.pid)
-    os.kill(child, signal.SIGSTOP)
+    children = materialisers_of(node.process.pid)
+    for child in children:
+        os.kill(child, signal.SIGSTOP)
     try:
         yield
     finally:
-        os.kill(child, signal.SIGCONT)
+        for child in children:
+            os.kill(child, signal.SIGCONT)
 
 
 def test_every_refusal_of_a_batch_has_a_reason_label() -> None:

@@ -462,7 +462,7 @@ def test_kill_9_of_a_node_mid_forward_loses_and_doubles_nothing(
         victim.start()
         load.up[0] = True
         time.sleep(2)
-    assert len(children) == 2, f"expected the materialiser and the forwarder: {children}"
+    assert len(children) == 3, f"expected 2 materialisers and the forwarder: {children}"
     assert max(left) > 0, f"nothing left to forward at the kill: {left}, journal {pending}"
     unanswered = load.resend_unanswered()
     figures = check_engines_hold_exactly_what_was_acknowledged(nodes, load, postgres, clickhouse)

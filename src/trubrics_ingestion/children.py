@@ -18,6 +18,7 @@ from pathlib import Path
 from .config import Settings
 
 log = logging.getLogger("trubrics_ingestion.children")
+MATERIALISE = ["events", "materialise", "--follow", "--shard"]
 
 
 class Child:
@@ -56,9 +57,13 @@ class Child:
 
 
 def background_children(settings: Settings) -> list[Child]:
-    """The materialiser, and a forwarder when there are engines to forward to."""
+    """The materialisers, and a forwarder when there are engines to forward to."""
     data_dir = settings.data_dir
-    children = [Child("materialiser", ["events", "materialise", "--follow"], data_dir)]
+    count = settings.materialisers
+    children = [
+        Child(f"materialiser {number}/{count}", [*MATERIALISE, f"{number}/{count}"], data_dir)
+        for number in range(1, count + 1)
+    ]
     if settings.forward_to:
         args = ["--max-backoff-s", str(settings.forward_max_backoff_s)]
         if settings.forward_retention_s is not None:

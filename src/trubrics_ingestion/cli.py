@@ -229,6 +229,15 @@ def main() -> None:
     " space-separated): postgresql://USER@HOST:PORT/DB or clickhouse://HOST:PORT/DB[?cluster=C].",
 )
 @click.option(
+    "--materialisers",
+    default=DEFAULTS.materialisers,
+    type=click.IntRange(1, 8),
+    envvar="TRUBRICS_MATERIALISERS",
+    show_envvar=True,
+    help="Processes turning acknowledged batches into rows (more drain a backlog faster,"
+    " on more cores).",
+)
+@click.option(
     "--forward-retention-s",
     type=click.FloatRange(0),
     envvar="TRUBRICS_FORWARD_RETENTION_S",
@@ -336,6 +345,13 @@ def _engine_urls(urls: tuple[str, ...]) -> tuple[str, ...]:
     return urls
 
 
+def _shard(text: str) -> materialise.Shard:
+    try:
+        return materialise.Shard.parse(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @main.group(name="keys")
 def keys_group() -> None:
     """Create, list and revoke API keys."""
@@ -435,15 +451,24 @@ def events_export(
 
 @events_group.command(name="materialise")
 @click.option("--follow", is_flag=True, help="Keep going: materialise new batches as they come.")
+@click.option(
+    "--shard",
+    default="1/1",
+    callback=lambda _ctx, _param, text: _shard(text),
+    help="With --follow: take only share K of N of the journal, as the server's K-th of N"
+    " materialisers.",
+)
 @click.option("--parent-pid", type=int, hidden=True, help="Exit when this process is gone.")
 @data_dir_option
-def events_materialise(follow: bool, parent_pid: int | None, data_dir: Path) -> None:
+def events_materialise(
+    follow: bool, shard: materialise.Shard, parent_pid: int | None, data_dir: Path
+) -> None:
     """Turn journaled batches into per-event rows (the server runs this in the background)."""
     database = Settings(data_dir=data_dir).database_path
     if follow:
         logs.configure()  # the server's child: its lines join the server's, as JSON
         with contextlib.suppress(KeyboardInterrupt):
-            materialise.follow(database, parent_pid=parent_pid)
+            materialise.follow(database, parent_pid=parent_pid, shard=shard)
     else:
         materialise.catch_up(store.connect(database))
 

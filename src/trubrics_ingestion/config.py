@@ -34,6 +34,7 @@ class Settings:
     shutdown_timeout_s: float = 8.0  # for in-flight requests after SIGTERM
     max_buffered_bytes: int = 256 * 1024 * 1024  # request bodies held in memory at once
     log_level: str = "info"
+    materialisers: int = 2  # processes building rows from the journal, taking turns to insert
     forward_to: tuple[str, ...] = field(default=(), repr=False)  # engine URLs (may hold passwords)
     forward_retention_s: float | None = None  # delete delivered events after; None keeps them
     forward_max_backoff_s: float = 10.0  # longest wait between attempts at a failing engine

@@ -10,6 +10,12 @@ and the backlog waits durably in the journal; when load drops it catches up.
 Each step inserts the rows of some batches and deletes those batches in ONE
 transaction, so every acknowledged event becomes exactly one row even when the child
 and a CLI reader both run it: whoever commits second finds its batches gone and retries.
+
+Building rows is about half of the work and needs no lock, so the server runs several
+materialisers (``serve --materialisers``), each taking every n-th run of
+``BATCHES_PER_STEP`` batches (a ``Shard``): they build rows on several cores at once and
+take turns to insert them, oldest run first, so that rows still land in journal order
+(an event's ``seq`` follows its batch's, as one materialiser would have it).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
@@ -31,40 +38,87 @@ log = logging.getLogger("trubrics_ingestion.materialise")
 
 BATCHES_PER_STEP = 8  # about 800 rows: keeps the write lock, and so journal commits, brief
 IDLE_POLL_S = 0.05
+TURN_POLL_S = 0.0005  # how often a shard with rows ready checks whether its turn has come
+TURN_TIMEOUT_S = 1.0  # then it starts over, in case the run before is stuck (or quarantined)
 FAILURE_BACKOFF_S = 1.0
 NICENESS = 10  # the child gets the CPU that ingestion leaves over
 _INSERT = (
     "INSERT INTO events (id, project, user_id, event, timestamp, thread_id, properties,"
     " received_at, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_SELECT = "SELECT batch, project, source, received_at, body FROM journal"
 Journaled = tuple[int, str, str, int, bytes]
 
 
-def materialise(conn: sqlite3.Connection, *, max_batches: int = BATCHES_PER_STEP) -> int:
-    """Turn up to ``max_batches`` of the oldest journal batches into events; returns how many.
+@dataclass(frozen=True)
+class Shard:
+    """Materialiser ``index`` of ``count``: it takes the runs of ``BATCHES_PER_STEP``
+    consecutive batches whose number (batch // BATCHES_PER_STEP) is ``index`` modulo
+    ``count``, and inserts each run only once every older batch is gone from the journal."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``"K/N"``, counting from 1 as people do: ``"1/2"`` and ``"2/2"`` share the work."""
+        try:
+            number, count = (int(part) for part in text.split("/"))
+        except ValueError:
+            number = count = 0
+        if not 1 <= number <= count:
+            raise ValueError(f"not a shard: {text!r} (want K/N with 1 <= K <= N)")
+        return cls(number - 1, count)
+
+    def __str__(self) -> str:
+        return f"{self.index + 1}/{self.count}"
+
+
+ALL = Shard()
+
+
+def materialise(
+    conn: sqlite3.Connection, *, max_batches: int = BATCHES_PER_STEP, shard: Shard = ALL
+) -> int:
+    """Turn up to ``max_batches`` of the oldest journal batches (of ``shard``'s runs) into
+    events; returns how many.
 
     A batch that cannot become rows (a bug, or data that slipped past validation) is moved
     to ``quarantine`` with its error instead of blocking every batch after it forever.
     Errors of the environment (disk full, locked) are raised: the same batches are retried.
     """
-    batches: list[Journaled] = conn.execute(
-        "SELECT batch, project, source, received_at, body FROM journal ORDER BY batch LIMIT ?",
-        (max_batches,),
-    ).fetchall()
+    batches = _next_batches(conn, max_batches, shard)
     if not batches:
         return 0
     node = meta(conn, "node_id")
+    in_turn = shard.count > 1
     try:
-        return _move(conn, batches, node)
+        return _move(conn, batches, node, in_turn=in_turn)
     except sqlite3.OperationalError:
         raise
     except Exception:  # one of them is bad: find it by moving them one at a time
-        return sum(_move_or_quarantine(conn, batch, node) for batch in batches)
+        return sum(_move_or_quarantine(conn, batch, node, in_turn) for batch in batches)
 
 
-def _move_or_quarantine(conn: sqlite3.Connection, batch: Journaled, node: int) -> int:
+def _next_batches(conn: sqlite3.Connection, max_batches: int, shard: Shard) -> list[Journaled]:
+    if shard.count == 1:
+        rows: list[Journaled] = conn.execute(
+            f"{_SELECT} ORDER BY batch LIMIT ?", (max_batches,)
+        ).fetchall()
+        return rows
+    rows = conn.execute(
+        f"{_SELECT} WHERE (batch / ?) % ? = ? ORDER BY batch LIMIT ?",
+        (BATCHES_PER_STEP, shard.count, shard.index, BATCHES_PER_STEP),
+    ).fetchall()
+    run = rows[0][0] // BATCHES_PER_STEP if rows else None  # never two runs: one lies between
+    return [row for row in rows if row[0] // BATCHES_PER_STEP == run]
+
+
+def _move_or_quarantine(
+    conn: sqlite3.Connection, batch: Journaled, node: int, in_turn: bool
+) -> int:
     try:
-        return _move(conn, [batch], node)
+        return _move(conn, [batch], node, in_turn=in_turn)
     except sqlite3.OperationalError:
         raise
     except Exception as exc:
@@ -78,19 +132,37 @@ def _move_or_quarantine(conn: sqlite3.Connection, batch: Journaled, node: int) -
         return 1
 
 
-def _move(conn: sqlite3.Connection, batches: list[Journaled], node: int) -> int:
-    """Rows in, batches out, in one transaction; the rows are built before the lock is taken."""
+def _move(
+    conn: sqlite3.Connection, batches: list[Journaled], node: int, *, in_turn: bool = False
+) -> int:
+    """Rows in, batches out, in one transaction; the rows are built before the lock is taken
+    (and, ``in_turn``, inserted only once no older batch is left)."""
     rows = [row for batch in batches for row in _rows(batch, node)]
     first, last = batches[0][0], batches[-1][0]
+    if in_turn and not _wait_turn(conn, first):
+        return 0
     with transaction(conn):
         still_there = conn.execute(
             "SELECT count(*) FROM journal WHERE batch BETWEEN ? AND ?", (first, last)
         ).fetchone()[0]
         if still_there != len(batches):  # another materialiser got there first
             return 0
+        if in_turn and _oldest_batch(conn) < first:  # cannot happen after the wait; cheap
+            return 0
         conn.executemany(_INSERT, rows)
         conn.execute("DELETE FROM journal WHERE batch BETWEEN ? AND ?", (first, last))
     return len(batches)
+
+
+def _wait_turn(conn: sqlite3.Connection, first: int) -> bool:
+    """Wait (briefly, without a lock) until batch ``first`` is the oldest in the journal:
+    batch numbers only grow, so once it is, it stays so. False if that takes too long."""
+    deadline = time.monotonic() + TURN_TIMEOUT_S
+    while _oldest_batch(conn) < first:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(TURN_POLL_S)
+    return True
 
 
 def catch_up(conn: sqlite3.Connection) -> None:
@@ -113,14 +185,15 @@ def _rows(journaled: Journaled, node: int) -> Iterator[EventRow]:
     return expand(items, project=project, received_at=received_at, new_id=new_id)
 
 
-def follow(database: Path, *, parent_pid: int | None = None) -> None:
-    """Materialise whatever gets journaled, forever (or until ``parent_pid`` is gone)."""
+def follow(database: Path, *, parent_pid: int | None = None, shard: Shard = ALL) -> None:
+    """Materialise whatever gets journaled (``shard``'s runs of it), forever (or until
+    ``parent_pid`` is gone)."""
     os.nice(NICENESS)
     conn = connect(database)
     conn.execute("PRAGMA synchronous=NORMAL")  # the journal holds the batches durably
     while parent_pid is None or os.getppid() == parent_pid:
         try:
-            if not materialise(conn):
+            if not materialise(conn, shard=shard):
                 time.sleep(IDLE_POLL_S)
         except Exception:  # a bad batch or a full disk: say so, back off, retry
             log.exception("materialising journaled batches failed; will retry")
