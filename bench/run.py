@@ -251,12 +251,16 @@ def print_table(summary: dict[str, Any], opts: Options) -> None:
 
 def drain_vs_ingest(summary: dict[str, Any]) -> dict[str, Any]:
     """How fast a node's backlog drains against how fast the node ingests, for each of the
-    two steps a backlog goes through: journal -> rows (the materialiser, measured by the
-    durable rounds once their load stops) and rows -> both engines (the forwarder)."""
+    steps a backlog goes through: journal -> rows (the materialisers, measured by the
+    durable rounds once their load stops) and rows -> engines (the forwarder: into each
+    engine, and into both at once)."""
     ingest = summary["durable"]["events_per_s"]
+    rates = summary["forward"]["rates"]
     steps = {
-        "forwarding into both engines": summary["forward"]["drain_events_per_s"],
         "materialising (journal -> rows)": summary["durable"]["drain_events_per_s"],
+        "forwarding into postgresql": rates["postgresql"]["median"],
+        "forwarding into clickhouse": rates["clickhouse"]["median"],
+        "forwarding into both at once": summary["forward"]["drain_events_per_s"],
     }
     return {
         "durable_events_per_s": ingest,
