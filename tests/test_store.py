@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,55 @@ def test_a_store_from_a_newer_release_is_refused(tmp_path: Path) -> None:
         newer.execute(f"PRAGMA user_version={store.SCHEMA_VERSION + 1}")
     with pytest.raises(store.SchemaTooNew):
         store.connect(database)
+
+
+def _holding_the_write_lock(database: Path, seconds: float) -> threading.Thread:
+    """Another connection that takes the write lock now and keeps it ``seconds``."""
+    taken = threading.Event()
+
+    def hold() -> None:
+        other = sqlite3.connect(database, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        taken.set()
+        time.sleep(seconds)
+        other.execute("COMMIT")
+        other.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert taken.wait(5)
+    return thread
+
+
+def test_a_polling_transaction_gets_the_lock_as_soon_as_it_is_free(tmp_path: Path) -> None:
+    """SQLite's own busy handler would sleep up to 100 ms a try; polling every 0.2 ms
+    takes the lock within a few milliseconds of its release."""
+    database = tmp_path / "trubrics.db"
+    conn = store.connect(database)
+    conn.execute("PRAGMA busy_timeout = 0")
+    holder = _holding_the_write_lock(database, 0.3)
+    started = time.monotonic()
+    with store.transaction(conn, poll_s=0.0002):
+        waited = time.monotonic() - started
+        conn.execute("UPDATE meta SET value = value WHERE name = 'keys_version'")
+    holder.join()
+    assert 0.25 < waited < 0.35
+
+
+def test_a_polling_transaction_gives_up_after_the_busy_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = tmp_path / "trubrics.db"
+    conn = store.connect(database)
+    conn.execute("PRAGMA busy_timeout = 0")
+    monkeypatch.setattr(store, "BUSY_TIMEOUT_S", 0.1)
+    holder = _holding_the_write_lock(database, 0.5)
+    started = time.monotonic()
+    with (
+        pytest.raises(sqlite3.OperationalError, match="locked"),
+        store.transaction(conn, poll_s=0.001),
+    ):
+        pass
+    assert 0.1 <= time.monotonic() - started < 0.3
+    assert not conn.in_transaction
+    holder.join()

@@ -45,6 +45,7 @@ _STOP = object()
 PRUNE_EVERY_S = 1.0
 PROBE_EVERY_S = 1.0  # while commits fail and nothing is queued: how often to try a write
 PROBE_MARGIN_BYTES = 1 << 20  # free space wanted beyond what the failed commit needed
+LOCK_POLL_S = 0.0002  # while a materialiser writes: ask for the lock this often
 
 
 class Journal:
@@ -72,6 +73,7 @@ class Journal:
     def start(self) -> None:
         """Open the store and start the writer thread."""
         conn = connect(self._database)
+        conn.execute("PRAGMA busy_timeout = 0")  # transaction(poll_s=...) does the waiting
         self._recent.load(conn)
         self._thread = threading.Thread(target=self._run, args=(conn,), name="journal", daemon=True)
         self._thread.start()
@@ -154,7 +156,7 @@ class Journal:
         outcomes: list[Verdict | Exception]
         started = time.perf_counter()
         try:
-            with transaction(conn):
+            with transaction(conn, poll_s=LOCK_POLL_S):
                 verdicts = [self._admit(conn, entry, remembered) for entry in entries]
                 conn.executemany(
                     "INSERT INTO journal (project, source, received_at, body) VALUES (?, ?, ?, ?)",
@@ -188,7 +190,7 @@ class Journal:
             if shutil.disk_usage(self._database.parent).free < self._needed_bytes:
                 return
         try:
-            with transaction(conn):
+            with transaction(conn, poll_s=LOCK_POLL_S):
                 conn.execute("UPDATE meta SET value = value WHERE name = 'keys_version'")
         except sqlite3.Error:
             return

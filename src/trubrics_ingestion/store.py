@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,6 +97,7 @@ MIGRATIONS = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+BUSY_TIMEOUT_S = 10.0  # how long a writer waits for another's lock before giving up
 
 
 class SchemaTooNew(RuntimeError):
@@ -105,7 +107,9 @@ class SchemaTooNew(RuntimeError):
 def connect(database: Path) -> sqlite3.Connection:
     """Open (creating if needed) the store, in autocommit mode, migrated to the current schema."""
     _create_private(database)
-    conn = sqlite3.connect(database, isolation_level=None, check_same_thread=False, timeout=10)
+    conn = sqlite3.connect(
+        database, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
+    )
     if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
         conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
@@ -114,11 +118,20 @@ def connect(database: Path) -> sqlite3.Connection:
 
 
 @contextlib.contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+def transaction(conn: sqlite3.Connection, *, poll_s: float | None = None) -> Iterator[None]:
     """A write transaction, committed if the block ends normally (and the commit works),
     rolled back otherwise. ``BEGIN IMMEDIATE`` takes the write lock up front: a reader
-    upgraded to a writer midway could fail with SQLITE_BUSY after doing the work."""
-    conn.execute("BEGIN IMMEDIATE")
+    upgraded to a writer midway could fail with SQLITE_BUSY after doing the work.
+
+    While another connection writes, SQLite's busy handler waits for the lock in ever
+    longer sleeps (up to 100 ms a try): fine for background work, not for the journal,
+    which acknowledges requests and would lose every race with the materialisers. With
+    ``poll_s`` the lock is asked for again every ``poll_s`` instead (for at most
+    ``BUSY_TIMEOUT_S``); this needs a connection whose own busy timeout is 0."""
+    if poll_s is None:
+        conn.execute("BEGIN IMMEDIATE")
+    else:
+        _begin_polling(conn, poll_s)
     try:
         yield
         conn.execute("COMMIT")
@@ -126,6 +139,18 @@ def transaction(conn: sqlite3.Connection) -> Iterator[None]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def _begin_polling(conn: sqlite3.Connection, poll_s: float) -> None:
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+        time.sleep(poll_s)
 
 
 def migrate(conn: sqlite3.Connection) -> None:
