@@ -1,8 +1,8 @@
 """End to end: a real node, ``serve --forward-to PG --forward-to CH``, loaded by wrk for some
 seconds, then the time until both engines hold every acknowledged event.
 
-Everything is the product's own: the server acknowledges (journal), its materialiser child
-turns batches into rows, its forwarder child ships them to fresh tables in PostgreSQL and
+Everything is the product's own: the server acknowledges (journal), its materialiser
+children turn batches into rows, its forwarder child ships them to fresh tables in PostgreSQL and
 the 2-shard ClickHouse cluster, while wrk keeps the node busy. Once the load stops, the
 store is polled (read-only) until the journal is empty and both cursors reach the newest
 event; that state must still hold a second later (a batch committed late would undo it).

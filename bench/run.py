@@ -15,9 +15,9 @@ is also reported "sustained": the run's events over the time until all were rows
 Then, in the same run, forwarding into real engines (PostgreSQL, and ClickHouse as a
 Distributed table over 2 shards; scripts/install-engines.sh installs them): the events/s
 the real forwarder ships from the last durable round's store into each engine and into
-both at once (bench/forward.py); that drain rate, and the materialiser's from the durable
-rounds (a backlog goes through both), against the durable ingest rate (> 1: a backlog
-drains faster than the node ingests); and one end-to-end figure, a node serving with
+both at once (bench/forward.py); those drain rates, and the materialisers' from the
+durable rounds (a backlog goes through both), against the durable ingest rate (> 1: a
+backlog drains faster than the node ingests); and one end-to-end figure, a node serving with
 ``--forward-to`` both engines under wrk (bench/end_to_end.py). Every engine is checked to
 hold exactly the events it was sent, each once.
 

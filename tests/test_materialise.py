@@ -33,9 +33,9 @@ def rows_and_backlog(data_dir: Path) -> tuple[int, int]:
         conn.close()
 
 
-def wait_for(data_dir: Path, rows: int, seconds: float = 15.0) -> None:
+def wait_for(data_dir: Path, rows: int, seconds: float = 15.0, backlog: int = 0) -> None:
     deadline = time.monotonic() + seconds
-    while rows_and_backlog(data_dir) != (rows, 0):
+    while rows_and_backlog(data_dir) != (rows, backlog):
         assert time.monotonic() < deadline, f"store at {rows_and_backlog(data_dir)}, want {rows}"
         time.sleep(0.05)
 
@@ -130,6 +130,38 @@ def test_sharded_materialisers_share_the_work_and_keep_journal_order(tmp_path: P
     assert batches == sorted(batches) and set(batches) == set(range(1, 251))
 
 
+def test_a_shard_waits_for_the_run_before_its_own(tmp_path: Path) -> None:
+    """Shard 1/2 alone does run 0 (batches 1-7) and then waits for run 1 (shard 2/2's)
+    instead of inserting run 2 out of order; once 2/2 runs, everything lands in order."""
+    database = tmp_path / "trubrics.db"
+    store.connect(database).close()
+    conn = sqlite3.connect(database)
+    conn.executemany(
+        "INSERT INTO journal (project, source, received_at, body) VALUES (?,?,?,?)",
+        [("p", "event", 1_780_000_000_000_000 + n, _body(n)) for n in range(40)],
+    )
+    conn.commit()
+    conn.close()
+    follow = [*CLI, "events", "materialise", "--follow", "--data-dir", str(tmp_path)]
+    follow += ["--parent-pid", str(os.getpid()), "--shard"]
+    followers = [subprocess.Popen([*follow, "1/2"])]
+    try:
+        wait_for(tmp_path, 700, seconds=30, backlog=33)
+        time.sleep(1.0)
+        assert rows_and_backlog(tmp_path) == (700, 33)
+        followers.append(subprocess.Popen([*follow, "2/2"]))
+        wait_for(tmp_path, 4_000, seconds=60)
+    finally:
+        for follower in followers:
+            follower.terminate()
+            follower.wait(10)
+    conn = sqlite3.connect(database)
+    batches = [
+        _batch_of(event_id) for (event_id,) in conn.execute("SELECT id FROM events ORDER BY seq")
+    ]
+    assert batches == sorted(batches) and len(batches) == 4_000
+
+
 def _body(batch: int) -> bytes:
     return json.dumps([{**EVENT, "user_id": f"b{batch}-u{i}"} for i in range(100)]).encode()
 
@@ -146,6 +178,9 @@ def test_a_shard_is_written_k_of_n(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 2 and "not a shard: '3/2'" in result.stderr
+    catch_up = [*CLI, "events", "materialise", "--shard", "1/2", "--data-dir", str(tmp_path)]
+    result = subprocess.run(catch_up, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--shard goes with --follow" in result.stderr
 
 
 def test_the_server_runs_as_many_materialisers_as_asked(make_node: Any) -> None:

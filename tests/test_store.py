@@ -65,9 +65,10 @@ def test_a_store_from_a_newer_release_is_refused(tmp_path: Path) -> None:
         store.connect(database)
 
 
-def _holding_the_write_lock(database: Path, seconds: float) -> threading.Thread:
-    """Another connection that takes the write lock now and keeps it ``seconds``."""
-    taken = threading.Event()
+def _holding_the_write_lock(database: Path, seconds: float) -> tuple[threading.Thread, list[float]]:
+    """Another connection that takes the write lock now and keeps it ``seconds``; the list
+    receives the moment it let go."""
+    taken, released = threading.Event(), []
 
     def hold() -> None:
         other = sqlite3.connect(database, isolation_level=None)
@@ -75,27 +76,37 @@ def _holding_the_write_lock(database: Path, seconds: float) -> threading.Thread:
         taken.set()
         time.sleep(seconds)
         other.execute("COMMIT")
+        released.append(time.monotonic())
         other.close()
 
     thread = threading.Thread(target=hold)
     thread.start()
     assert taken.wait(5)
-    return thread
+    return thread, released
 
 
 def test_a_polling_transaction_gets_the_lock_as_soon_as_it_is_free(tmp_path: Path) -> None:
-    """SQLite's own busy handler would sleep up to 100 ms a try; polling every 0.2 ms
-    takes the lock within a few milliseconds of its release."""
+    """SQLite's own busy handler sleeps longer and longer (1, 2, 5 ... 100 ms): after 0.24 s
+    held, its next try comes ~90 ms after the release. Polling takes the lock at once."""
     database = tmp_path / "trubrics.db"
     conn = store.connect(database)
     conn.execute("PRAGMA busy_timeout = 0")
-    holder = _holding_the_write_lock(database, 0.3)
-    started = time.monotonic()
+    holder, released = _holding_the_write_lock(database, 0.24)
     with store.transaction(conn, poll_s=0.0002):
-        waited = time.monotonic() - started
+        got_it = time.monotonic()
         conn.execute("UPDATE meta SET value = value WHERE name = 'keys_version'")
     holder.join()
-    assert 0.25 < waited < 0.35
+    assert got_it - released[0] < 0.04
+
+
+def test_a_polling_transaction_raises_other_errors_at_once(tmp_path: Path) -> None:
+    conn = store.connect(tmp_path / "trubrics.db")
+    conn.execute("PRAGMA busy_timeout = 0")
+    conn.execute("PRAGMA query_only = 1")  # BEGIN IMMEDIATE: SQLITE_READONLY, not BUSY
+    started = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        store.transaction(conn, poll_s=0.001).__enter__()
+    assert time.monotonic() - started < 0.5 and not conn.in_transaction
 
 
 def test_a_polling_transaction_gives_up_after_the_busy_timeout(
@@ -105,7 +116,7 @@ def test_a_polling_transaction_gives_up_after_the_busy_timeout(
     conn = store.connect(database)
     conn.execute("PRAGMA busy_timeout = 0")
     monkeypatch.setattr(store, "BUSY_TIMEOUT_S", 0.1)
-    holder = _holding_the_write_lock(database, 0.5)
+    holder, _ = _holding_the_write_lock(database, 0.5)
     started = time.monotonic()
     with (
         pytest.raises(sqlite3.OperationalError, match="locked"),

@@ -465,6 +465,8 @@ def events_materialise(
 ) -> None:
     """Turn journaled batches into per-event rows (the server runs this in the background)."""
     database = Settings(data_dir=data_dir).database_path
+    if shard != materialise.ALL and not follow:
+        raise click.UsageError("--shard goes with --follow (a catch-up takes every batch)")
     if follow:
         logs.configure()  # the server's child: its lines join the server's, as JSON
         with contextlib.suppress(KeyboardInterrupt):

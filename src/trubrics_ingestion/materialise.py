@@ -1,18 +1,18 @@
-"""Journal batches -> per-event rows, after the acknowledgement, in a process of its own.
+"""Journal batches -> per-event rows, after the acknowledgement, in processes of their own.
 
-Writing 100 indexed rows costs several times more than journaling the batch as one row,
-and building them is Python work that would hold the GIL against the request loop. So
-the server only journals (``journal.py``), and a low-priority child process
-(``trubrics-ingestion events materialise --follow``, see ``children.py``) turns
-batches into rows: under load it yields the CPU to ingestion
-and the backlog waits durably in the journal; when load drops it catches up.
+Writing 100 rows costs several times more than journaling the batch as one row, and
+building them is Python work that would hold the GIL against the request loop. So the
+server only journals (``journal.py``), and low-priority child processes
+(``trubrics-ingestion events materialise --follow``, see ``children.py``) turn batches
+into rows: under load they yield the CPU to ingestion and the backlog waits durably in
+the journal; when load drops they catch up.
 
 Each step inserts the rows of some batches and deletes those batches in ONE
-transaction, so every acknowledged event becomes exactly one row even when the child
+transaction, so every acknowledged event becomes exactly one row even when a child
 and a CLI reader both run it: whoever commits second finds its batches gone and retries.
 
 Building rows is about half of the work and needs no lock, so the server runs several
-materialisers (``serve --materialisers``), each taking every n-th run of
+materialisers (``serve --materialisers``, 2 by default), each taking every n-th run of
 ``BATCHES_PER_STEP`` batches (a ``Shard``): they build rows on several cores at once and
 take turns to insert them, oldest run first, so that rows still land in journal order
 (an event's ``seq`` follows its batch's, as one materialiser would have it).
@@ -38,8 +38,9 @@ log = logging.getLogger("trubrics_ingestion.materialise")
 
 BATCHES_PER_STEP = 8  # about 800 rows: keeps the write lock, and so journal commits, brief
 IDLE_POLL_S = 0.05
-TURN_POLL_S = 0.0005  # how often a shard with rows ready checks whether its turn has come
-TURN_TIMEOUT_S = 1.0  # then it starts over, in case the run before is stuck (or quarantined)
+TURN_POLL_S = 0.0005  # a shard with rows ready checks whether its turn has come, first
+TURN_POLL_MAX_S = 0.002  # ... then every 2 ms at most: a run takes about 10 ms to insert
+TURN_TIMEOUT_S = 5.0  # then it starts over (after checking on its parent)
 FAILURE_BACKOFF_S = 1.0
 NICENESS = 10  # the child gets the CPU that ingestion leaves over
 _INSERT = (
@@ -80,8 +81,8 @@ ALL = Shard()
 def materialise(
     conn: sqlite3.Connection, *, max_batches: int = BATCHES_PER_STEP, shard: Shard = ALL
 ) -> int:
-    """Turn up to ``max_batches`` of the oldest journal batches (of ``shard``'s runs) into
-    events; returns how many.
+    """Turn up to ``max_batches`` of the oldest journal batches into events (a ``shard``
+    other than ``ALL``: its oldest run, whatever ``max_batches``); returns how many.
 
     A batch that cannot become rows (a bug, or data that slipped past validation) is moved
     to ``quarantine`` with its error instead of blocking every batch after it forever.
@@ -147,22 +148,23 @@ def _move(
         ).fetchone()[0]
         if still_there != len(batches):  # another materialiser got there first
             return 0
-        if in_turn and _oldest_batch(conn) < first:  # cannot happen after the wait; cheap
-            return 0
         conn.executemany(_INSERT, rows)
         conn.execute("DELETE FROM journal WHERE batch BETWEEN ? AND ?", (first, last))
     return len(batches)
 
 
 def _wait_turn(conn: sqlite3.Connection, first: int) -> bool:
-    """Wait (briefly, without a lock) until batch ``first`` is the oldest in the journal:
-    batch numbers only grow, so once it is, it stays so. False if that takes too long."""
+    """Wait, without a lock, until batch ``first`` is the oldest in the journal: batch
+    numbers only grow, so once it is, it stays so. False if it is gone (another
+    materialiser took it) or the wait outlasts ``TURN_TIMEOUT_S``."""
     deadline = time.monotonic() + TURN_TIMEOUT_S
-    while _oldest_batch(conn) < first:
+    delay = TURN_POLL_S
+    while (oldest := _oldest_batch(conn)) < first:
         if time.monotonic() > deadline:
             return False
-        time.sleep(TURN_POLL_S)
-    return True
+        time.sleep(delay)
+        delay = min(2 * delay, TURN_POLL_MAX_S)
+    return oldest == first
 
 
 def catch_up(conn: sqlite3.Connection) -> None:

@@ -220,8 +220,10 @@ class StoreCollector:
         yield GaugeMetricFamily(*_STORE_GAUGES["quarantined"], value=quarantined)
 
     def _counts(self) -> tuple[int, int]:
-        """Batches leave the journal from the front only (oldest first), and numbers are
-        never reused, so max - min + 1 is the backlog: two index probes, not a scan."""
+        """Batches leave the journal oldest first, and numbers are never reused, so
+        max - min + 1 is the backlog: two index probes, not a scan. (A batch quarantined by
+        one materialiser while another still inserts older ones leaves early: for a moment
+        the figure counts it.)"""
         if self._conn is None:
             uri = self._database.resolve().as_uri() + "?mode=ro"
             self._conn = sqlite3.connect(uri, uri=True, timeout=1, check_same_thread=False)
