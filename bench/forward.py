@@ -6,7 +6,8 @@ durable round left behind: the wrk batches that node acknowledged, materialised 
 node itself. Every measurement gets fresh tables (a new database per engine, created
 before the clock starts: ON CLUSTER DDL is a one-off, not a rate), moves the forwarder's
 cursors back to ``backlog`` events before the newest with ``cursors.reset`` (the product's
-own "send again from here") and times the real ``Forwarder``, a thread per engine as in
+own "send again from here") and times the real ``Forwarder`` (after one untimed
+warm-up round of every setup), a thread per engine as in
 ``serve --forward-to``, until each engine's cursor reaches the newest event. Each engine is
 then checked to hold exactly the backlog, each event once: row count, distinct ids, and
 an MD5 of the sorted ids equal to the store's (a lost, duplicated or foreign event fails).
@@ -331,7 +332,8 @@ def progress(run: Run) -> None:
     verdicts = " ".join(check["verdict"] for check in run.checks.values())
     cpu = " ".join(f"{name} {us:.1f}" for name, us in run.cpu_us_per_event.items())
     print(
-        f"forward round {run.round} {run.setup:>10}: {run.events_per_s():>9,.0f} events/s"
+        f"forward {'warm-up' if run.round == 0 else f'round {run.round}'} {run.setup:>10}:"
+        f" {run.events_per_s():>9,.0f} events/s"
         f"  ({rates})  CPU us/event: {cpu}  errors {run.forwarder_errors}  [{verdicts}]",
         flush=True,
     )
@@ -340,16 +342,19 @@ def progress(run: Run) -> None:
 def measure(
     engines: Engines, backlog: Backlog, rounds: int, batch_rows: int | None = None
 ) -> list[Run]:
-    """``rounds`` rounds of every setup; production's batch sizes unless told otherwise."""
+    """``rounds`` rounds of every setup, after a warm-up round (numbered 0: checked, not
+    timed): a freshly created server's first writes also create its files (PostgreSQL
+    zero-fills each new 16 MB WAL segment; a server in service recycles them), which made
+    every first round slower. Production's batch sizes unless told otherwise."""
     sizes = f"{batch_rows:,}" if batch_rows else "the engine's (forwarder.DELIVERY)"
     print(
         f"forwarding a backlog of {backlog.events:,} events in batches of {sizes},"
-        f" {rounds} rounds (load average {os.getloadavg()[0]:.2f})",
+        f" a warm-up round and {rounds} rounds (load average {os.getloadavg()[0]:.2f})",
         flush=True,
     )
     return [
         run
-        for index in range(1, rounds + 1)
+        for index in range(rounds + 1)
         for run in forward_round(engines, backlog, index, batch_rows)
     ]
 
@@ -389,7 +394,7 @@ def summarise(runs: list[Run], costs: dict[str, float], target: float) -> dict[s
     summary: dict[str, Any] = {"target": target, "events": runs[0].events if runs else 0}
     rates: dict[str, list[float]] = {}
     cpu: dict[str, dict[str, list[float]]] = {}
-    for run in runs:
+    for run in (run for run in runs if run.round > 0):  # round 0 warmed up: not timed
         rates.setdefault(run.setup, []).append(run.events_per_s())
         for name, us in run.cpu_us_per_event.items():
             cpu.setdefault(run.setup, {}).setdefault(name, []).append(us)
