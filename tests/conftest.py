@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from engines import ClickHouseCluster, PostgresServer, free_port, require_engines
 from trubrics_ingestion.forward import Row, Sink
@@ -114,6 +115,26 @@ class Node:
     def export(self, *args: str) -> list[dict[str, Any]]:
         out = self.cli("events", "export", *args).stdout
         return [json.loads(line) for line in out.split("\n") if line]
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(node: Node, path: str = "/metrics") -> Samples:
+    """Every sample of the node's ``/metrics``, by name and labels."""
+    response = requests.get(node.url + path, timeout=10)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """A sample's value; 0 for a labelled series not created yet (as Prometheus reads it)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def wait_until(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import requests
 
-from conftest import Node
+from conftest import Node, scrape, value
 
 EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
 
@@ -26,12 +26,18 @@ def raw_request(port: int, head: bytes, timeout: float = 10.0) -> tuple[int, dic
     return status, json.loads(data.partition(b"\r\n\r\n")[2] or b"{}")
 
 
+def refused(node: Node, status: int) -> float:
+    """How many requests the connection layer answered itself with ``status``."""
+    return value(scrape(node), "trubrics_connections_refused_total", status=str(status))
+
+
 def test_too_many_headers_get_431(node: Node) -> None:
     headers = b"".join(b"x-h%d: v\r\n" % i for i in range(150))
     status, body = raw_request(
         node.port, b"POST /publish_events HTTP/1.1\r\nhost: x\r\n" + headers + b"\r\n"
     )
     assert status == 431 and "headers" in str(body["detail"])
+    assert refused(node, 431) == 1
 
 
 def test_oversized_head_gets_431_without_memory_growth(node: Node) -> None:
@@ -70,6 +76,7 @@ def test_a_trickling_client_is_cut_off_while_others_are_served(make_node) -> Non
     slow.close()
     assert reply.startswith(b"HTTP/1.1 408") and b"detail" in reply
     assert 1.0 < elapsed < 5.0 and served > 5
+    assert refused(node, 408) == 1 and refused(node, 431) == 0
     assert len(node.export()) == served
 
 
@@ -93,6 +100,7 @@ def test_connections_beyond_the_cap_get_503(make_node) -> None:  # type: ignore[
             sock.close()
     time.sleep(0.2)
     assert requests.get(node.url + "/healthz", timeout=5).status_code == 200
+    assert refused(node, 503) == 1
 
 
 def test_buffered_bodies_are_bounded(make_node) -> None:  # type: ignore[no-untyped-def]

@@ -11,29 +11,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Node, create_key, materialisers_of, wait_until
+from conftest import Node, Samples, create_key, materialisers_of, scrape, value, wait_until
 
 EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
 LLM = {"user_id": "u", "prompt": "p", "generation": "g"}
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(node: Node, path: str = "/metrics") -> Samples:
-    response = requests.get(node.url + path, timeout=10)
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """A sample's value; 0 for a labelled series not created yet (as Prometheus reads it)."""
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def series(samples: Samples, name: str) -> list[dict[str, str]]:

@@ -96,6 +96,13 @@ class Metrics:
             "Publish requests refused with a 429 by the per-project rate limit.",
             registry=registry,
         )
+        self._refused = Counter(
+            "trubrics_connections_refused",
+            "Requests answered before reaching the app, by status: 431 head too large,"
+            " 408 not received in time, 503 too many open connections.",
+            ("status",),
+            registry=registry,
+        )
         self._commit_batches = Histogram(
             "trubrics_journal_commit_batches",
             "Batches made durable by one group commit of the journal.",
@@ -159,6 +166,10 @@ class Metrics:
 
     def dedup_hit(self) -> None:
         self._dedup_hits.inc()
+
+    def refused(self, status: int) -> None:
+        """A request the connection layer (``protocol.py``) answered itself."""
+        self._refused.labels(str(status)).inc()
 
     # --- the journal's writer thread ----------------------------------------------------
 

@@ -5,13 +5,15 @@ that trickles in; both let one client hold memory or connections indefinitely. T
 subclass adds, per connection: a cap on the request head (URL plus headers, in bytes and
 in count: 431), a deadline to receive a whole request (408, then the connection is
 closed; other clients are served meanwhile), and a cap on open connections (503). Each
-refusal is a JSON body with ``detail``, like every other error of the service.
+refusal is a JSON body with ``detail``, like every other error of the service, and is
+counted (``trubrics_connections_refused`` in ``/metrics``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, ClassVar
@@ -26,6 +28,9 @@ class ConnectionLimits:
     max_headers: int = 100
     request_timeout_s: float = 60.0
     max_connections: int = 1000
+    # Told the status of every request this layer answers itself: the app never sees those,
+    # so its metrics and access log cannot count them.
+    on_refused: Callable[[int], None] | None = None
 
 
 LINGER_S = 2.0
@@ -128,6 +133,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _refuse(self, status: HTTPStatus, detail: str, retry: int | None = None) -> None:
+        if self.limits.on_refused is not None:
+            self.limits.on_refused(status.value)
         body = msgspec.json.encode({"detail": detail})
         head = [
             f"HTTP/1.1 {status.value} {status.phrase}",

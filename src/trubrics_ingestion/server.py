@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from importlib.metadata import version
 
 import uvicorn
@@ -56,7 +57,7 @@ def serve(settings: Settings) -> None:
     app = build_app(settings, keys=cache, sink=journal, metrics=metrics, readiness=status.readiness)
     log.info("starting", extra={"fields": startup_fields(settings)})
     _hint_if_keyless(key_store, settings)
-    config = uvicorn_config(app, settings)
+    config = uvicorn_config(app, settings, on_refused=metrics.refused)
     _exit_zero_on_stop_signals()
     try:
         uvicorn.Server(config).run()
@@ -119,13 +120,17 @@ def startup_fields(settings: Settings) -> dict[str, object]:
     }
 
 
-def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
-    """The HTTP server settings, shared with the benchmark's validation-only floor."""
+def uvicorn_config(
+    app: ASGIApp, settings: Settings, *, on_refused: Callable[[int], None] | None = None
+) -> uvicorn.Config:
+    """The HTTP server settings, shared with the benchmark's validation-only floor;
+    ``on_refused`` counts the requests the connection layer answers itself."""
     limits = ConnectionLimits(
         max_head_bytes=settings.max_head_bytes,
         max_headers=settings.max_headers,
         request_timeout_s=settings.request_timeout_s,
         max_connections=settings.max_connections,
+        on_refused=on_refused,
     )
     return uvicorn.Config(
         app,
