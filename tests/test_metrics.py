@@ -6,13 +6,25 @@ import json
 import os
 import signal
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import requests
+import uvicorn
 
 from conftest import Node, Samples, create_key, materialisers_of, scrape, value, wait_until
+from engines import free_port
+from trubrics_ingestion import store
+from trubrics_ingestion.app import build_app
+from trubrics_ingestion.auth import KeyCache
+from trubrics_ingestion.config import Settings
+from trubrics_ingestion.journal import Journal
+from trubrics_ingestion.keys import StoreKeys
+from trubrics_ingestion.server import uvicorn_config
 
 EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
 LLM = {"user_id": "u", "prompt": "p", "generation": "g"}
@@ -211,3 +223,53 @@ def test_every_refusal_of_a_batch_has_a_reason_label() -> None:
         "too_deep",
         "invalid",
     )
+
+
+def test_a_slow_store_read_does_not_stall_other_requests(tmp_path: Path) -> None:
+    """/readyz and /metrics read the store off the event loop. A slow disk cannot be made
+    here, so the app (served by real uvicorn on a real socket, with a real journal) gets a
+    readiness reader that takes 1.5 s: meanwhile the node keeps acknowledging. (The store
+    reads take turns in one thread: a scrape would wait behind it.)"""
+    settings = Settings(data_dir=tmp_path, port=free_port(), access_log=False)
+    conn = store.connect(settings.database_path)
+    key = StoreKeys(conn).create_key("demo").key
+    cache = KeyCache(StoreKeys(conn).load_active_keys)
+    journal = Journal(settings.database_path)
+    journal.start()
+
+    def slow_readiness() -> dict[str, str]:
+        time.sleep(1.5)
+        return {"store": "slow"}
+
+    app = build_app(settings, keys=cache, sink=journal, readiness=slow_readiness)
+    server = uvicorn.Server(uvicorn_config(app, settings))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{settings.port}"
+    try:
+        wait_until(lambda: _answers(url + "/healthz"), 10, "the app to serve")
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(requests.get, url + "/readyz", timeout=30)
+            time.sleep(0.3)  # /readyz is now reading
+            started = time.monotonic()
+            health = requests.get(url + "/healthz", timeout=10)
+            published = requests.post(
+                url + "/publish_events", json=[EVENT], headers={"x-api-key": key}, timeout=10
+            )
+            took = time.monotonic() - started
+            assert not slow.done(), f"/readyz did not wait: {slow.result().text}"
+            assert (health.status_code, published.status_code) == (200, 200) and took < 0.5
+            assert slow.result().json() == {"status": "ready", "store": "slow"}
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        app.close()
+        journal.close()
+        conn.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.ConnectionError:
+        return False

@@ -20,8 +20,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 from starlette.middleware.cors import CORSMiddleware
@@ -58,6 +59,7 @@ EXPANSION: dict[Kind, int] = {"event": 1, "llm": 2}  # stored events per item
 CLOSED_BY_CLIENT = 499  # nginx's status for a client gone before its answer: logs only
 MAX_LOGGED_PATH = 256  # a 404's path is the client's text: bounded in the access log
 _JSON: Headers = ((b"content-type", b"application/json"),)
+T = TypeVar("T")
 _TEXT: Headers = ((b"content-type", CONTENT_TYPE.encode()),)
 _EXCHANGE = "trubrics.exchange"
 _KNOWN = frozenset(ENDPOINTS)
@@ -142,10 +144,13 @@ class IngestionApp:
         self._metrics = metrics
         self._access_log = access_log
         self._answered: list[Exchange] = []  # in this loop iteration, not accounted yet
-        self._gets: dict[str, Callable[[], Reply]] = {
-            "/healthz": lambda: (200, b'{"status":"ok"}', _JSON),
+        # /readyz and /metrics read the store: on a slow disk that must not stall the loop
+        # (and every acknowledgement with it). One thread, so reads never overlap.
+        self._store_reads = ThreadPoolExecutor(1, thread_name_prefix="status reads")
+        self._gets: dict[str, Callable[[], Awaitable[Reply]]] = {
+            "/healthz": _constant((200, b'{"status":"ok"}', _JSON)),
             "/readyz": self._readiness,
-            "/openapi.json": lambda: (200, openapi, _JSON),
+            "/openapi.json": _constant((200, openapi, _JSON)),
             "/metrics": self._metrics_page,
         }
         self._cors = CORSMiddleware(
@@ -205,10 +210,14 @@ class IngestionApp:
     def close(self) -> None:
         """Account for what the loop's last iteration answered (at shutdown)."""
         self.account()
+        self._store_reads.shutdown(wait=False)
 
-    def _metrics_page(self) -> Reply:
-        self.account()  # everything answered before this scrape is in it
-        return 200, self._metrics.exposition(), _TEXT
+    async def _metrics_page(self) -> Reply:
+        self.account()  # everything answered before this scrape is in it (on the loop)
+        return 200, await self._off_loop(self._metrics.exposition), _TEXT
+
+    def _off_loop(self, read: Callable[[], T]) -> Awaitable[T]:
+        return asyncio.get_running_loop().run_in_executor(self._store_reads, read)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange: Exchange = scope[_EXCHANGE]
@@ -250,7 +259,7 @@ class IngestionApp:
         if path in self._gets:
             if method not in ("GET", "HEAD"):
                 raise MethodNotAllowed("GET, HEAD")
-            return self._gets[path]()
+            return await self._gets[path]()
         raise NotFound()
 
     async def _publish(
@@ -289,10 +298,11 @@ class IngestionApp:
         exchange.duplicate = True
         return 200, b'{"status":"success","events":%d,"duplicate":true}' % events, _JSON
 
-    def _readiness(self) -> Reply:
+    async def _readiness(self) -> Reply:
         """Ready while batches can be stored; the details say how the neighbours are."""
         if self._sink.ready():
-            return 200, _encode({"status": "ready", **self._readiness_details()}), _JSON
+            details = await self._off_loop(self._readiness_details)
+            return 200, _encode({"status": "ready", **details}), _JSON
         return 503, _NOT_READY, _JSON
 
 
@@ -302,6 +312,13 @@ _NOT_READY = _encode(
         " full or read-only?) or its writer stopped. Publishing gets 503 meanwhile."
     }
 )
+
+
+def _constant(reply: Reply) -> Callable[[], Awaitable[Reply]]:
+    async def page() -> Reply:
+        return reply
+
+    return page
 
 
 def build_app(
