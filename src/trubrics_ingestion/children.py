@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 from .config import Settings
+from .materialise import Shard
 
 log = logging.getLogger("trubrics_ingestion.children")
 MATERIALISE = ["events", "materialise", "--follow", "--shard"]
@@ -59,10 +60,9 @@ class Child:
 def background_children(settings: Settings) -> list[Child]:
     """The materialisers, and a forwarder when there are engines to forward to."""
     data_dir = settings.data_dir
-    count = settings.materialisers
+    shards = [Shard(index, settings.materialisers) for index in range(settings.materialisers)]
     children = [
-        Child(f"materialiser {number}/{count}", [*MATERIALISE, f"{number}/{count}"], data_dir)
-        for number in range(1, count + 1)
+        Child(f"materialiser {shard}", [*MATERIALISE, str(shard)], data_dir) for shard in shards
     ]
     if settings.forward_to:
         args = ["--max-backoff-s", str(settings.forward_max_backoff_s)]
