@@ -65,20 +65,7 @@ def test_the_materialisers_leave_with_their_server(node: Node) -> None:
 
 
 def test_concurrent_materialisers_store_each_event_once(tmp_path: Path) -> None:
-    subprocess.run(
-        [*CLI, "events", "count", "--data-dir", str(tmp_path)],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    conn = sqlite3.connect(tmp_path / "trubrics.db")
-    body = json.dumps([{**EVENT, "user_id": f"u{i}"} for i in range(100)]).encode()
-    conn.executemany(
-        "INSERT INTO journal (project, source, received_at, body) VALUES (?,?,?,?)",
-        [("p", "event", 1_780_000_000_000_000 + n, body) for n in range(300)],
-    )
-    conn.commit()
-    conn.close()
+    journal_batches(tmp_path, 300)
     workers = [
         subprocess.Popen([*CLI, "events", "materialise", "--data-dir", str(tmp_path)])
         for _ in range(4)
@@ -93,6 +80,30 @@ def test_concurrent_materialisers_store_each_event_once(tmp_path: Path) -> None:
     assert ids == (30_000,)
 
 
+def journal_batches(data_dir: Path, count: int) -> None:
+    """A new store holding ``count`` journaled batches of 100 events (batch numbers 1 to
+    ``count``), as if acknowledged by a server that has not materialised them yet."""
+    database = data_dir / "trubrics.db"
+    store.connect(database).close()
+    bodies = [
+        json.dumps([{**EVENT, "user_id": f"b{n}-u{i}"} for i in range(100)]).encode()
+        for n in range(count)
+    ]
+    with sqlite3.connect(database) as conn:
+        conn.executemany(
+            "INSERT INTO journal (project, source, received_at, body) VALUES (?,?,?,?)",
+            [("p", "event", 1_780_000_000_000_000 + n, body) for n, body in enumerate(bodies)],
+        )
+    conn.close()
+
+
+def ids_in_seq_order(data_dir: Path) -> list[str]:
+    with sqlite3.connect(data_dir / "trubrics.db") as conn:
+        ids = [event_id for (event_id,) in conn.execute("SELECT id FROM events ORDER BY seq")]
+    conn.close()
+    return ids
+
+
 def _batch_of(event_id: str) -> int:
     """The journal batch an event id was derived from (its low 30 bits; see ids.py)."""
     return (uuid.UUID(event_id).int & ((1 << 62) - 1)) >> 32 & ((1 << 30) - 1)
@@ -101,15 +112,7 @@ def _batch_of(event_id: str) -> int:
 def test_sharded_materialisers_share_the_work_and_keep_journal_order(tmp_path: Path) -> None:
     """Three ``--shard`` followers, with a CLI catch-up racing them: every event once, and
     rows in journal order (the runs are inserted oldest first, whoever built them)."""
-    database = tmp_path / "trubrics.db"
-    store.connect(database).close()
-    conn = sqlite3.connect(database)
-    conn.executemany(
-        "INSERT INTO journal (project, source, received_at, body) VALUES (?,?,?,?)",
-        [("p", "event", 1_780_000_000_000_000 + n, _body(n)) for n in range(250)],
-    )
-    conn.commit()
-    conn.close()
+    journal_batches(tmp_path, 250)
     follow = [*CLI, "events", "materialise", "--follow", "--data-dir", str(tmp_path)]
     followers = [
         subprocess.Popen([*follow, "--shard", f"{k}/3", "--parent-pid", str(os.getpid())])
@@ -123,8 +126,7 @@ def test_sharded_materialisers_share_the_work_and_keep_journal_order(tmp_path: P
         for follower in followers:
             follower.terminate()
             follower.wait(10)
-    conn = sqlite3.connect(database)
-    ids = [event_id for (event_id,) in conn.execute("SELECT id FROM events ORDER BY seq")]
+    ids = ids_in_seq_order(tmp_path)
     assert len(set(ids)) == 25_000
     batches = [_batch_of(event_id) for event_id in ids]
     assert batches == sorted(batches) and set(batches) == set(range(1, 251))
@@ -133,15 +135,7 @@ def test_sharded_materialisers_share_the_work_and_keep_journal_order(tmp_path: P
 def test_a_shard_waits_for_the_run_before_its_own(tmp_path: Path) -> None:
     """Shard 1/2 alone does run 0 (batches 1-7) and then waits for run 1 (shard 2/2's)
     instead of inserting run 2 out of order; once 2/2 runs, everything lands in order."""
-    database = tmp_path / "trubrics.db"
-    store.connect(database).close()
-    conn = sqlite3.connect(database)
-    conn.executemany(
-        "INSERT INTO journal (project, source, received_at, body) VALUES (?,?,?,?)",
-        [("p", "event", 1_780_000_000_000_000 + n, _body(n)) for n in range(40)],
-    )
-    conn.commit()
-    conn.close()
+    journal_batches(tmp_path, 40)
     follow = [*CLI, "events", "materialise", "--follow", "--data-dir", str(tmp_path)]
     follow += ["--parent-pid", str(os.getpid()), "--shard"]
     followers = [subprocess.Popen([*follow, "1/2"])]
@@ -155,15 +149,8 @@ def test_a_shard_waits_for_the_run_before_its_own(tmp_path: Path) -> None:
         for follower in followers:
             follower.terminate()
             follower.wait(10)
-    conn = sqlite3.connect(database)
-    batches = [
-        _batch_of(event_id) for (event_id,) in conn.execute("SELECT id FROM events ORDER BY seq")
-    ]
+    batches = [_batch_of(event_id) for event_id in ids_in_seq_order(tmp_path)]
     assert batches == sorted(batches) and len(batches) == 4_000
-
-
-def _body(batch: int) -> bytes:
-    return json.dumps([{**EVENT, "user_id": f"b{batch}-u{i}"} for i in range(100)]).encode()
 
 
 def test_a_shard_is_written_k_of_n(tmp_path: Path) -> None:

@@ -279,6 +279,11 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: Callable[[
         time.sleep(0.25)
 
 
+def _pairs(text: str, separator: str) -> dict[str, str]:
+    """An engine client's two-column output (id, user_id) as a dict."""
+    return dict(line.split(separator) for line in text.split("\n") if line)
+
+
 def check_engines_hold_exactly_what_was_acknowledged(
     nodes: list[Node],
     load: Load,
@@ -319,34 +324,22 @@ def check_engines_hold_exactly_what_was_acknowledged(
     assert pg_counts(postgres, prefix) == (expected, expected)
     assert ch_counts(clickhouse, prefix) == (expected, expected)
 
-    in_pg = dict(
-        line.split("|")
-        for line in postgres.psql(
-            f"SELECT id, user_id FROM events WHERE user_id LIKE '{prefix}-%'"
-        ).split("\n")
-        if line
-    )
-    assert in_pg == exported
-    in_ch = dict(
-        line.split("\t")
-        for line in clickhouse.query(
-            f"SELECT id, user_id FROM events FINAL WHERE user_id LIKE '{prefix}-%'"
-        ).split("\n")
-        if line
-    )
-    assert in_ch == exported
+    where = f"WHERE user_id LIKE '{prefix}-%'"
+    assert _pairs(postgres.psql(f"SELECT id, user_id FROM events {where}"), "|") == exported
+    in_ch = clickhouse.query(f"SELECT id, user_id FROM events FINAL {where}")
+    assert _pairs(in_ch, "\t") == exported
 
     per_shard = [
         int(
             clickhouse.query(
-                f"SELECT count() FROM events_local FINAL WHERE user_id LIKE '{prefix}-%'",
+                f"SELECT count() FROM events_local FINAL {where}",
                 node=shard,
             )
         )
         for shard in range(len(clickhouse.nodes))
     ]
     assert sum(per_shard) == expected and min(per_shard) > expected // 4, per_shard
-    raw = int(clickhouse.query(f"SELECT count() FROM events WHERE user_id LIKE '{prefix}-%'"))
+    raw = int(clickhouse.query(f"SELECT count() FROM events {where}"))
     return {
         "events": expected,
         "drained_s": round(drained_s, 1),
