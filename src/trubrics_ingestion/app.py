@@ -44,6 +44,7 @@ from .ratelimit import RateLimiter
 from .schema import Kind, decode_batch
 
 log = logging.getLogger("trubrics_ingestion.app")
+T = TypeVar("T")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -59,7 +60,6 @@ EXPANSION: dict[Kind, int] = {"event": 1, "llm": 2}  # stored events per item
 CLOSED_BY_CLIENT = 499  # nginx's status for a client gone before its answer: logs only
 MAX_LOGGED_PATH = 256  # a 404's path is the client's text: bounded in the access log
 _JSON: Headers = ((b"content-type", b"application/json"),)
-T = TypeVar("T")
 _TEXT: Headers = ((b"content-type", CONTENT_TYPE.encode()),)
 _EXCHANGE = "trubrics.exchange"
 _KNOWN = frozenset(ENDPOINTS)
