@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -158,6 +159,22 @@ def wait_until(
 def send_rows(sink: Sink, rows: Sequence[Row]) -> None:
     """Encode and send ``rows`` through ``sink``, as the forwarder does with a batch."""
     sink.send(sink.encode(rows), len(rows))
+
+
+def server_has_read(server_port: int, client: socket.socket) -> bool:
+    """Whether the server accepted ``client``'s connection and read all it was sent: its
+    end of the connection is in ``/proc/net/tcp`` with nothing left in the receive queue.
+    Tests wait for this instead of sleeping when a request must have begun."""
+    client_port = client.getsockname()[1]
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote, queues = fields[1], fields[2], fields[4]
+            if int(local.rsplit(":", 1)[1], 16) != server_port:
+                continue
+            if int(remote.rsplit(":", 1)[1], 16) == client_port:
+                return int(queues.split(":")[1], 16) == 0
+    return False
 
 
 def _proc(pid: int) -> tuple[int, str, bytes] | None:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import queue
 import subprocess
 import threading
-import time
 from typing import IO
 
 from conftest import CLI, Node
+
+TAIL_ATTEMPTS = 60  # batches published, 0.5 s apart, before tail is deemed silent
 
 COLUMNS = [
     "id",
@@ -73,6 +75,9 @@ def test_count(node: Node) -> None:
 
 
 def test_tail_follows_new_events(node: Node) -> None:
+    """Tail starts after what is stored and prints what comes next, in order. When it has
+    started is not observable, so batches are published until one comes out: the first
+    line printed must be from one of them, never the event stored before."""
     publish(node, "2026-06-20T12:00:00Z", user="before")
     tail = subprocess.Popen(
         [*CLI, "events", "tail", "--data-dir", str(node.data_dir)],
@@ -80,12 +85,19 @@ def test_tail_follows_new_events(node: Node) -> None:
         text=True,
     )
     try:
-        time.sleep(1.0)  # let tail start after the existing event
-        publish(node, "2026-06-20T12:00:01Z", "2026-06-20T12:00:02Z", user="after")
         assert tail.stdout is not None
         output = lines_of(tail.stdout)
-        lines = [json.loads(output.get(timeout=10)) for _ in range(2)]
-        assert [(e["user_id"], e["event"]) for e in lines] == [("after", "e0"), ("after", "e1")]
+        first = None
+        for attempt in range(TAIL_ATTEMPTS):
+            publish(node, "2026-06-20T12:00:01Z", "2026-06-20T12:00:02Z", user=f"after{attempt}")
+            with contextlib.suppress(queue.Empty):
+                first = json.loads(output.get(timeout=0.5))
+                break
+        assert first is not None, f"tail printed nothing in {TAIL_ATTEMPTS} batches"
+        second = json.loads(output.get(timeout=10))
+        user = first["user_id"]
+        assert user.startswith("after")
+        assert [(e["user_id"], e["event"]) for e in (first, second)] == [(user, "e0"), (user, "e1")]
     finally:
         tail.terminate()
         tail.wait(10)

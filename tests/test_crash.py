@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import pytest
 import requests
 
-from conftest import Node, children_of, is_gone, kill_node, wait_until
+from conftest import Node, children_of, is_gone, kill_node, server_has_read, wait_until
 
 WORKERS = 8
 EVENTS_PER_BATCH = 10
@@ -362,7 +362,9 @@ def test_sigterm_under_load_finishes_in_flight_batches_and_exits_0(
             ):
                 slow.putheader(name, value)
             slow.endheaders(message_body=slow_body[: len(slow_body) // 2])
-            time.sleep(0.5)  # the server has parsed the headers: the request has begun
+            # The server has read the headers and half the body: the request has begun.
+            assert slow.sock is not None
+            wait_until(lambda: server_has_read(port, slow.sock), 10, "the half-sent request")
 
             signalled = time.monotonic()
             server.send_signal(signal.SIGTERM)
@@ -408,7 +410,8 @@ def test_a_client_stalled_mid_body_does_not_hold_sigterm_past_the_bound(node: No
     stalled.putheader("x-api-key", node.key)
     stalled.putheader("content-length", "1000")
     stalled.endheaders(message_body=b"[")  # and nothing more, ever
-    time.sleep(0.5)
+    assert stalled.sock is not None
+    wait_until(lambda: server_has_read(node.port, stalled.sock), 10, "the stalled request")
     signalled = time.monotonic()
     node.process.send_signal(signal.SIGTERM)
     try:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+import signal
 import sqlite3
 import subprocess
 import threading
@@ -32,6 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
 import pytest
 import requests
 
@@ -267,6 +269,23 @@ def journal_pending(node: Node) -> int:
         conn.close()
 
 
+@contextlib.contextmanager
+def engines_held(postgres: PostgresServer, clickhouse: ClickHouseCluster) -> Iterator[None]:
+    """Neither engine takes rows meanwhile: PostgreSQL's ``events`` is locked by a transaction
+    of ours (a COPY into it waits), and the ClickHouse servers are stopped (SIGSTOP: an insert
+    hangs). Connections stay open, so nothing fails: deliveries just wait."""
+    with psycopg.connect(postgres.url) as conn:
+        conn.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        for node in clickhouse.nodes:
+            node.process.send(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for node in clickhouse.nodes:
+                node.process.send(signal.SIGCONT)
+            conn.rollback()
+
+
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: Callable[[], str]) -> float:
     """Poll ``condition`` (errors count as "not yet"); the seconds it took, or fail."""
     started = time.monotonic()
@@ -438,25 +457,29 @@ def test_kill_9_of_a_node_mid_forward_loses_and_doubles_nothing(
     victim = nodes[0]
     started = time.monotonic()
 
-    def mid_forward() -> bool:
-        """Both engines have some of the victim's rows and some are still to be sent."""
-        statuses = forward_status(database_of(victim), urls)
-        return all(s.cursor > 0 for s in statuses) and any(s.backlog_rows for s in statuses)
+    def delivered_some() -> bool:
+        return all(s.cursor > 0 for s in forward_status(database_of(victim), urls))
+
+    def backlog_towards_both() -> bool:
+        return all(backlog > 0 for backlog in backlogs(victim, urls))
 
     with Load(nodes, new_prefix("kill"), pause_s=0.02) as load:
         load.wait_for_acks(20, 30)
-        wait_until(mid_forward, 30, lambda: f"no backlog: {backlogs(victim, urls)}")
-        load.up[0] = False
-        children = kill_node(victim)
-        # The kill left work towards the engines: rows past a cursor, or batches to expand.
-        left = backlogs(victim, urls)
-        pending = journal_pending(victim)
+        wait_until(delivered_some, 30, lambda: f"nothing delivered: {backlogs(victim, urls)}")
+        # Held engines take no rows, so the backlog can only grow: the kill is certain to find
+        # work left towards both, and catches the forwarder in the middle of a send.
+        with engines_held(postgres, clickhouse):
+            wait_until(backlog_towards_both, 30, lambda: f"no backlog: {backlogs(victim, urls)}")
+            load.up[0] = False
+            children = kill_node(victim)
+            left = backlogs(victim, urls)
+            pending = journal_pending(victim)
         time.sleep(1)
         victim.start()
         load.up[0] = True
         time.sleep(2)
     assert len(children) == 3, f"expected 2 materialisers and the forwarder: {children}"
-    assert max(left) > 0, f"nothing left to forward at the kill: {left}, journal {pending}"
+    assert min(left) > 0, f"nothing left to forward at the kill: {left}, journal {pending}"
     unanswered = load.resend_unanswered()
     figures = check_engines_hold_exactly_what_was_acknowledged(nodes, load, postgres, clickhouse)
     report(
