@@ -31,6 +31,7 @@ from .auth import Keys
 from .body import BodyBudget, ClientDisconnected, Hold, read_body
 from .config import Settings
 from .errors import (
+    DuplicateHeader,
     IngestionError,
     InvalidIdempotencyKey,
     MethodNotAllowed,
@@ -62,6 +63,10 @@ MAX_LOGGED_PATH = 256  # a 404's path is the client's text: bounded in the acces
 _JSON: Headers = ((b"content-type", b"application/json"),)
 _TEXT: Headers = ((b"content-type", CONTENT_TYPE.encode()),)
 _EXCHANGE = "trubrics.exchange"
+# Headers read as one value: a second copy is refused, never silently preferred.
+SINGLE_VALUED = frozenset(
+    (b"x-api-key", b"content-encoding", b"content-length", b"idempotency-key")
+)
 _KNOWN = frozenset(ENDPOINTS)
 _encode = msgspec.json.Encoder().encode
 
@@ -266,7 +271,7 @@ class IngestionApp:
         self, scope: Scope, receive: Receive, kind: Kind, exchange: Exchange
     ) -> Reply:
         received_at = time.time_ns() // 1000
-        headers = dict(scope["headers"])
+        headers = _single_valued(scope["headers"])
         project = await self._keys.project_for(_header(headers, b"x-api-key"))
         exchange.project = project
         with self._budget.hold() as hold:
@@ -370,6 +375,21 @@ def _watching(send: Send, exchange: Exchange) -> Send:
         await send(message)
 
     return watched
+
+
+def _single_valued(raw: Headers) -> dict[bytes, bytes]:
+    """The request's headers by name. A dict keeps a name's last value, while a proxy in
+    front may act on the first (check one key, forward another): a repeat of a header in
+    ``SINGLE_VALUED`` is a 400. One pass over the list in the common case, no repeats."""
+    headers = dict(raw)
+    if len(headers) < len(raw):
+        seen: set[bytes] = set()
+        for name, _ in raw:
+            if name in SINGLE_VALUED:
+                if name in seen:
+                    raise DuplicateHeader(name.decode())
+                seen.add(name)
+    return headers
 
 
 def _idempotency_key(headers: dict[bytes, bytes]) -> str | None:

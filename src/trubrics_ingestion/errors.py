@@ -68,6 +68,17 @@ class InvalidIdempotencyKey(IngestionError):
     detail = "Idempotency-Key must be 1 to 255 printable ASCII characters."
 
 
+class DuplicateHeader(IngestionError):
+    """A header that decides how the request is read came twice: we would read one copy,
+    a proxy in front may have read (and checked) the other."""
+
+    status = 400
+    reason = "duplicate_header"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"The {name} header was sent more than once; send it once.")
+
+
 class IdempotencyConflict(IngestionError):
     status = 409
     reason = "idempotency_conflict"
@@ -154,6 +165,7 @@ REJECTION_REASONS = (
     "unsupported_encoding",
     "invalid_gzip",
     "invalid_idempotency_key",
+    "duplicate_header",
     "idempotency_conflict",
     "rate_limited",
     "server_busy",
