@@ -19,7 +19,7 @@ from starlette.types import ASGIApp
 
 from . import logs, store
 from .app import build_app
-from .auth import KeyCache, PolledKeyCache, key_problem
+from .auth import KeyCache, PolledKeyCache, key_problem, weakness
 from .children import background_children
 from .config import Settings
 from .forward import parse_sink_url
@@ -171,6 +171,10 @@ def _seed_key(key_store: KeyStore, settings: Settings) -> None:
     problem = key_problem(settings.init_api_key)
     if problem:
         log.critical("TRUBRICS_INIT_API_KEY is not usable as a key: %s", problem)
+        raise SystemExit(1)
+    problem = weakness(settings.init_api_key.strip())
+    if problem:
+        log.critical("TRUBRICS_INIT_API_KEY is too weak to be a key: %s", problem)
         raise SystemExit(1)
     try:
         seeded = key_store.seed_key(settings.init_project, settings.init_api_key.strip())
