@@ -150,6 +150,14 @@ def main() -> None:
     help="A body repeated by the same project within this many seconds is a retry (0: off).",
 )
 @click.option(
+    "--dedup-max-entries",
+    default=DEFAULTS.dedup_max_entries,
+    type=click.IntRange(1),
+    envvar="TRUBRICS_DEDUP_MAX_ENTRIES",
+    show_envvar=True,
+    help="Batches remembered for that at most (~280 bytes each); the oldest go first.",
+)
+@click.option(
     "--max-head-bytes",
     default=DEFAULTS.max_head_bytes,
     type=click.IntRange(1024),

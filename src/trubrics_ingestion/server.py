@@ -48,7 +48,10 @@ def serve(settings: Settings) -> None:
     )
     metrics.registry.register(status)
     journal = Journal(
-        settings.database_path, dedup_window_s=settings.dedup_window_s, metrics=metrics
+        settings.database_path,
+        dedup_window_s=settings.dedup_window_s,
+        dedup_max_entries=settings.dedup_max_entries,
+        metrics=metrics,
     )
     journal.start()
     children = background_children(settings)
@@ -113,6 +116,7 @@ def startup_fields(settings: Settings) -> dict[str, object]:
             "max_buffered_bytes": settings.max_buffered_bytes,
         },
         "dedup_window_s": settings.dedup_window_s,
+        "dedup_max_entries": settings.dedup_max_entries,
         "cors_origins": list(settings.cors_origins),
         "log_level": settings.log_level,
         "access_log": settings.access_log,
