@@ -48,7 +48,10 @@ def registry_option(command: F) -> F:
 
 
 def _open(data_dir: Path) -> sqlite3.Connection:
-    return store.connect(Settings(data_dir=data_dir).database_path)
+    try:
+        return store.connect(Settings(data_dir=data_dir).database_path)
+    except store.NotPrivate as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _key_store(data_dir: Path, registry: str | None) -> keys.KeyStore:

@@ -36,7 +36,11 @@ log = logging.getLogger("trubrics_ingestion")
 def serve(settings: Settings) -> None:
     """Serve until stopped."""
     logs.configure(settings.log_level)
-    conn = store.connect(settings.database_path)
+    try:
+        conn = store.connect(settings.database_path)
+    except store.NotPrivate as exc:
+        log.critical("the store cannot be kept private: %s", exc)
+        raise SystemExit(1) from None
     key_store = open_key_store(settings.registry, lambda: conn)
     _seed_key(key_store, settings)
     cache = _key_cache(key_store, settings)
