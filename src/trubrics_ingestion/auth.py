@@ -100,16 +100,13 @@ def _period(text: str) -> int:
 
 
 def weakness(secret: str) -> str | None:
-    """Why ``secret`` is too guessable to be a key or a token, or None. An operator-chosen
-    key is stored as an unsalted SHA-256: whoever reads the store, the registry or a backup
-    can try guesses offline, billions a second."""
+    """Why ``secret`` is too guessable to be a key or a token, or None."""
     bits = estimated_bits(secret)
     if bits >= MIN_SECRET_BITS:
         return None
     return (
-        f"it carries about {bits:.0f} bits of entropy at most, fewer than {MIN_SECRET_BITS}:"
-        " it could be guessed, offline by anyone who reads its SHA-256 (in the store, the key"
-        f" registry or a backup). Generate one instead: {MAKE_A_KEY}"
+        f"it carries about {bits:.0f} bits of entropy at most, fewer than {MIN_SECRET_BITS},"
+        f" and could be guessed. Generate one instead: {MAKE_A_KEY}"
     )
 
 

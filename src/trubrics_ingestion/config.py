@@ -42,6 +42,7 @@ class Settings:
     registry: str | None = field(default=None, repr=False)  # postgresql://... shared keys
     access_log: bool = True  # one JSON line per request
     metrics_per_project: bool = False  # a project label on the event counters
+    metrics_token: str | None = field(default=None, repr=False)  # else: this host only
 
     @property
     def database_path(self) -> Path:

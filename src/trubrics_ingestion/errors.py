@@ -47,6 +47,27 @@ class MethodNotAllowed(IngestionError):
         self.headers = ((b"allow", allowed.encode()),)
 
 
+class MetricsTokenRequired(IngestionError):
+    """A node's internals asked for without its metrics token (see ``access.py``)."""
+
+    status = 401
+    reason = "metrics_token_required"  # not a batch's: never counted as one
+    detail = "This needs the node's metrics token, sent as Authorization: Bearer <token>."
+    headers = ((b"www-authenticate", b'Bearer realm="trubrics-ingestion"'),)
+
+
+class OperatorsOnly(IngestionError):
+    """A node's internals asked for from elsewhere, while it has no metrics token."""
+
+    status = 403
+    reason = "operators_only"  # not a batch's: never counted as one
+    detail = (
+        "Served to clients on this host only. To read it from elsewhere, give the node a"
+        " metrics token (--metrics-token-file or TRUBRICS_METRICS_TOKEN) and send it as"
+        " Authorization: Bearer <token>."
+    )
+
+
 class PayloadTooLarge(IngestionError):
     status = 413
     reason = "payload_too_large"

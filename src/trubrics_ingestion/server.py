@@ -125,6 +125,7 @@ def startup_fields(settings: Settings) -> dict[str, object]:
         "log_level": settings.log_level,
         "access_log": settings.access_log,
         "metrics_per_project": settings.metrics_per_project,
+        "metrics_access": "token" if settings.metrics_token else "this host only",
     }
 
 
@@ -181,8 +182,12 @@ def _seed_key(key_store: KeyStore, settings: Settings) -> None:
         log.critical("TRUBRICS_INIT_API_KEY is not usable as a key: %s", problem)
         raise SystemExit(1)
     problem = weakness(settings.init_api_key.strip())
-    if problem:
-        log.critical("TRUBRICS_INIT_API_KEY is too weak to be a key: %s", problem)
+    if problem:  # stored as an unsalted SHA-256: guesses can be tried offline, very fast
+        log.critical(
+            "TRUBRICS_INIT_API_KEY is too weak to be a key (whoever reads its SHA-256, in the"
+            " store, the key registry or a backup, could try guesses offline): %s",
+            problem,
+        )
         raise SystemExit(1)
     try:
         seeded = key_store.seed_key(settings.init_project, settings.init_api_key.strip())
