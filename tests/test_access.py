@@ -3,6 +3,7 @@ for operators only, /healthz and /readyz's status for everybody."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import secrets
 import subprocess
@@ -82,9 +83,23 @@ def test_with_a_token_every_scrape_needs_it(make_node: Any, tmp_path: Path) -> N
         _sees_nothing(node.url, 401, authorization=wrong)
     _sees_everything(node.url, authorization="Bearer " + TOKEN)
     _sees_everything(node.url, authorization="bearer " + TOKEN)
+    assert _status_with_two_authorizations(node, "Bearer " + TOKEN) == 401
     samples = scrape(node, headers={"authorization": "Bearer " + TOKEN})
     assert value(samples, "trubrics_http_requests_total", endpoint="/metrics", status="401") > 0
     assert TOKEN not in node.log()
+
+
+def _status_with_two_authorizations(node: Node, value: str) -> int:
+    """Which of two would count is up to whoever reads them: neither does."""
+    conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=10)
+    try:
+        conn.putrequest("GET", "/metrics")
+        conn.putheader("authorization", value)
+        conn.putheader("authorization", value)
+        conn.endheaders()
+        return conn.getresponse().status
+    finally:
+        conn.close()
 
 
 def test_the_token_can_come_from_the_environment(make_node: Any) -> None:
