@@ -162,8 +162,9 @@ def test_a_loose_data_dir_and_store_are_made_private_at_start(tmp_path: Path) ->
 
 
 def test_the_cli_tightens_a_loose_empty_dir_too(tmp_path: Path) -> None:
+    """Made by hand, or the root of a filesystem mounted for the store (its lost+found)."""
     data = tmp_path / "made-by-hand"
-    data.mkdir(mode=0o755)
+    (data / "lost+found").mkdir(parents=True)
     _loosen(data)
     listed = cli(data, "keys", "list")
     assert _mode(data) == 0o700 and "private" in listed.stderr

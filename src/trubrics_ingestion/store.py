@@ -188,10 +188,11 @@ def meta(conn: sqlite3.Connection, name: str) -> int:
 def _create_private(database: Path) -> None:
     """Data dir ``0700`` and database ``0600``: events and key hashes are nobody else's business.
 
-    A dir made by the operator beforehand (often ``0755``), or files restored from a backup,
-    are tightened to that, with a warning. Not a dir that holds anything but the store,
-    though (``--data-dir /var/lib`` would lock other services out), nor one of somebody
-    else's: those stop the command with ``NotPrivate``.
+    A dir made by the operator beforehand (often ``0755``, like the root of a filesystem
+    mounted for the store), or files restored from a backup, are tightened to that, with a
+    warning. Not a dir that holds anything but the store (and a filesystem's
+    ``lost+found``), though: ``--data-dir /var/lib`` would lock other services out; nor one
+    of somebody else's: those stop the command with ``NotPrivate``.
 
     The file is only ever opened here when it does not exist yet (``chmod`` opens nothing).
     Closing any descriptor of an open SQLite file drops this process's POSIX locks on it,
@@ -202,7 +203,8 @@ def _create_private(database: Path) -> None:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     files = [database.with_name(database.name + suffix) for suffix in ("", "-wal", "-shm")]
     if _loose(directory):
-        strangers = sorted(p.name for p in directory.iterdir() if p not in files)
+        ours = {*files, directory / "lost+found"}
+        strangers = sorted(p.name for p in directory.iterdir() if p not in ours)
         if strangers:
             raise NotPrivate(
                 f"the data dir {directory} is open to other users (mode"
