@@ -121,9 +121,9 @@ class Node:
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def scrape(node: Node, path: str = "/metrics") -> Samples:
+def scrape(node: Node, path: str = "/metrics", headers: dict[str, str] | None = None) -> Samples:
     """Every sample of the node's ``/metrics``, by name and labels."""
-    response = requests.get(node.url + path, timeout=10)
+    response = requests.get(node.url + path, headers=headers, timeout=10)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     return {

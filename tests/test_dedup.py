@@ -11,7 +11,7 @@ from typing import Any
 
 from trubrics import Trubrics
 
-from conftest import Node, create_key, free_port
+from conftest import Node, create_key, free_port, scrape, value
 
 BATCH = [{"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}]
 
@@ -74,6 +74,28 @@ def test_the_window_is_configurable(make_node) -> None:  # type: ignore[no-untyp
     off = make_node(env={"TRUBRICS_DEDUP_WINDOW_S": "0"})
     assert off.post("/publish_events", BATCH).ok and off.post("/publish_events", BATCH).ok
     assert len(node.export()) == 2 and len(off.export()) == 2
+
+
+def test_the_memory_holds_the_last_max_entries_batches(make_node) -> None:  # type: ignore[no-untyped-def]
+    """Beyond the bound the oldest batch is forgotten at once, and counted: a retry of it
+    is stored again (as documented), a retry of a recent one is still recognised, and so
+    after a restart."""
+    node = make_node(env={"TRUBRICS_DEDUP_MAX_ENTRIES": "5"})
+
+    def post(n: int) -> Any:
+        return node.post("/publish_events", [{**BATCH[0], "user_id": f"u{n}"}]).json()
+
+    for n in range(8):
+        assert "duplicate" not in post(n)
+    assert value(scrape(node), "trubrics_dedup_evictions_total") == 3
+    assert post(7)["duplicate"] is True  # recent: remembered
+    assert post(3)["duplicate"] is True  # the oldest still remembered (3 to 7)
+    assert "duplicate" not in post(2)  # forgotten: stored again, and it evicts u3
+    assert value(scrape(node), "trubrics_dedup_evictions_total") == 4
+    node.stop()
+    node.start()  # the table on disk holds all nine: the newest five are loaded
+    assert post(4)["duplicate"] is True and "duplicate" not in post(3)
+    assert [e["user_id"] for e in node.export()] == [*(f"u{n}" for n in range(8)), "u2", "u3"]
 
 
 class ResponseDroppingProxy:

@@ -146,3 +146,58 @@ def test_trailing_and_doubled_slashes_from_sdk_hosts_are_tolerated(node: Node) -
     for path in ("//publish_events", "/api/ingestion//publish_events", "/publish_events/"):
         assert node.post(path, [{**EVENT, "user_id": path}]).status_code == 200, path
     assert len(node.export()) == 3
+
+
+def raw_post(node: Node, headers: list[tuple[str, str]], body: bytes) -> tuple[int, bytes, bytes]:
+    """POST /publish_events with exactly these header lines (repeats included): status,
+    head and body of the answer."""
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    request = f"POST /publish_events HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{head}\r\n"
+    with socket.create_connection(("127.0.0.1", node.port), timeout=10) as sock:
+        sock.sendall(request.encode() + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    head_bytes, _, content = rest.partition(b"\r\n\r\n")
+    return int(status_line.split()[1]), head_bytes, content
+
+
+def test_a_repeated_single_value_header_gets_400_naming_it(node: Node) -> None:
+    """A proxy in front may read the first copy, we would read the last: refused, even
+    when both copies agree, and nothing is stored."""
+    body = json.dumps([EVENT]).encode()
+    plain = [("content-type", "application/json"), ("content-length", str(len(body)))]
+    gzipped = gzip.compress(body)
+    repeats = {
+        "x-api-key": [*plain, ("x-api-key", node.key), ("x-api-key", node.key)],
+        "idempotency-key": [
+            *plain,
+            ("x-api-key", node.key),
+            ("idempotency-key", "a"),
+            ("idempotency-key", "b"),
+        ],
+        "content-encoding": [
+            ("content-length", str(len(gzipped))),
+            ("x-api-key", node.key),
+            ("content-encoding", "gzip"),
+            ("content-encoding", "gzip"),
+        ],
+    }
+    for name, headers in repeats.items():
+        sent = gzipped if name == "content-encoding" else body
+        status, head, content = raw_post(node, headers, sent)
+        assert status == 400, (name, content)
+        assert b"application/json" in head
+        detail = json.loads(content)["detail"]
+        assert detail == f"The {name} header was sent more than once; send it once."
+    # content-length twice: httptools refuses it at the parser, with a 400 (not a 500).
+    length = ("content-length", str(len(body)))
+    status, _, content = raw_post(node, [length, length, ("x-api-key", node.key)], body)
+    assert status == 400, content
+    # Other headers may repeat.
+    status, _, content = raw_post(
+        node, [*plain, ("x-api-key", node.key), ("x-a", "1"), ("x-a", "2")], body
+    )
+    assert status == 200, content
+    assert len(node.export()) == 1

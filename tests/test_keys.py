@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import secrets
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import Node, cli, create_key
-from trubrics_ingestion.auth import KEY_PREFIX, generate_key, key_problem
+from conftest import CLI, Node, cli, create_key
+from engines import free_port
+from trubrics_ingestion.auth import KEY_PREFIX, generate_key, key_problem, weakness
 
 EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
 
@@ -94,15 +98,63 @@ def test_new_key_works_at_once_and_events_land_in_its_project(node: Node) -> Non
 
 
 def test_init_env_seeds_a_project_and_key(make_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    seeded = "headless-deployment-secret-0123456789"
+    seeded = "trb_" + secrets.token_urlsafe(32)
     env = {"TRUBRICS_INIT_PROJECT": "headless", "TRUBRICS_INIT_API_KEY": seeded}
     node = make_node(env=env)
     assert node.post("/publish_events", [EVENT], key=seeded).status_code == 200
     assert node.export()[0]["project"] == "headless"
     node.stop()
     node.start()  # a second start with the same env must not duplicate the key
-    assert len(node.cli("keys", "list").stdout.splitlines()) == 2
-    assert seeded not in node.log()
+    listed = [json.loads(line) for line in node.cli("keys", "list", "--json").stdout.split()]
+    (seeded_id,) = [key["id"] for key in listed if key["project"] == "headless"]
+    assert len(listed) == 2 and seeded not in node.log()
+    # A random id: one made of the key's hash would let a reader of the list test guesses.
+    assert re.fullmatch(r"key_[0-9a-f]{12}", seeded_id)
+    assert seeded_id != "key_" + hashlib.sha256(seeded.encode()).hexdigest()[:12]
+
+
+@pytest.mark.parametrize(
+    "weak",
+    [
+        "aaaaaaaaaaaaaaaa",  # accepted by the old code
+        "trb_seeded_" + "s" * 32,  # long, but four different characters
+        "0123456789abcdef" * 2,  # 16 hex digits, twice
+        "password-" * 4,
+        "trb_" + secrets.token_hex(8),  # 64 random bits
+    ],
+)
+def test_a_guessable_secret_is_refused_and_told_why(weak: str) -> None:
+    problem = weakness(weak)
+    assert problem is not None and "fewer than 128" in problem
+    assert "could be guessed" in problem and "secrets.token_urlsafe(32)" in problem
+
+
+def test_generated_secrets_are_strong_enough() -> None:
+    """Every way of making one that the docs suggest, many times over: never refused."""
+    for _ in range(2000):
+        assert weakness(generate_key()) is None
+        assert weakness("trb_" + secrets.token_urlsafe(32)) is None
+        assert weakness(secrets.token_hex(16)) is None  # exactly 128 bits
+
+
+def test_a_weak_init_key_stops_the_server_at_start(tmp_path: Path) -> None:
+    weak = "aaaaaaaaaaaaaaaa"
+    env = {**os.environ, "TRUBRICS_INIT_PROJECT": "p", "TRUBRICS_INIT_API_KEY": weak}
+    port = str(free_port())
+    started = subprocess.run(
+        [*CLI, "serve", "--port", port, "--data-dir", str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert started.returncode == 1, started.stderr
+    (line,) = [json.loads(line) for line in started.stderr.splitlines() if "INIT" in line]
+    assert line["level"] == "critical"
+    assert "too weak" in line["msg"] and "offline" in line["msg"]
+    assert "fewer than 128" in line["msg"] and "secrets.token_urlsafe" in line["msg"]
+    assert weak not in started.stderr + started.stdout
+    assert cli(tmp_path / "data", "keys", "list").stdout == ""  # nothing seeded
 
 
 def test_rotation_without_downtime(node: Node) -> None:

@@ -213,7 +213,13 @@ def test_every_refusal_of_a_batch_has_a_reason_label() -> None:
     def subclasses(cls: type) -> list[type]:
         return [sub for child in cls.__subclasses__() for sub in (child, *subclasses(child))]
 
-    not_batches = {errors.NotFound, errors.MethodNotAllowed}  # no batch was sent
+    # No batch was sent: a wrong route, or a node's internals asked for by a stranger.
+    not_batches = {
+        errors.NotFound,
+        errors.MethodNotAllowed,
+        errors.MetricsTokenRequired,
+        errors.OperatorsOnly,
+    }
     for cls in subclasses(errors.IngestionError):
         if cls not in not_batches:
             assert cls.reason in errors.REJECTION_REASONS, cls

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from conftest import CLI, Node, cli, create_key
+from engines import free_port
 from trubrics_ingestion import store
 
+EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
 ROW = ("0190-id", "demo", "u", "e", 1, "t", "{}", 2, "event")
 
 
@@ -126,3 +131,62 @@ def test_a_polling_transaction_gives_up_after_the_busy_timeout(
     assert 0.1 <= time.monotonic() - started < 0.3
     assert not conn.in_transaction
     holder.join()
+
+
+def _loosen(*paths: Path) -> None:
+    for path in paths:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_a_loose_data_dir_and_store_are_made_private_at_start(tmp_path: Path) -> None:
+    """A dir the operator made beforehand (0755) and a store restored with 0644: the server
+    tightens both before it serves, and says so."""
+    data = tmp_path / "data"
+    key = create_key(data, "demo")["key"]
+    _loosen(data, data / "trubrics.db")
+    node = Node(data_dir=data, key=key, project="demo").start()
+    try:
+        assert (_mode(data), _mode(data / "trubrics.db")) == (0o700, 0o600)
+        warnings = [json.loads(line) for line in node.log().splitlines() if "private" in line]
+        assert {(w["level"], w["msg"]) for w in warnings} == {
+            ("warning", f"made {data} private: mode 0700, was 0755"),
+            ("warning", f"made {data / 'trubrics.db'} private: mode 0600, was 0644"),
+        }
+        assert node.post("/publish_events", [EVENT]).status_code == 200
+    finally:
+        node.stop()
+
+
+def test_the_cli_tightens_a_loose_empty_dir_too(tmp_path: Path) -> None:
+    """Made by hand, or the root of a filesystem mounted for the store (its lost+found)."""
+    data = tmp_path / "made-by-hand"
+    (data / "lost+found").mkdir(parents=True)
+    _loosen(data)
+    listed = cli(data, "keys", "list")
+    assert _mode(data) == 0o700 and "private" in listed.stderr
+    assert _mode(data / "trubrics.db") == 0o600
+
+
+def test_a_loose_dir_holding_other_files_is_refused_untouched(tmp_path: Path) -> None:
+    """--data-dir /var/lib, say: tightening it would lock other services out."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "notes.txt").write_text("someone else's")
+    _loosen(shared)
+    created = cli(shared, "keys", "create", "--project", "demo", check=False)
+    assert created.returncode == 1 and created.stdout == ""
+    assert "open to other users (mode 0755)" in created.stderr and "notes.txt" in created.stderr
+    served = subprocess.run(
+        [*CLI, "serve", "--port", str(free_port()), "--data-dir", str(shared)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert served.returncode == 1
+    (line,) = [json.loads(line) for line in served.stderr.splitlines() if "private" in line]
+    assert line["level"] == "critical" and "chmod go=" in line["msg"]
+    assert _mode(shared) == 0o755 and sorted(p.name for p in shared.iterdir()) == ["notes.txt"]

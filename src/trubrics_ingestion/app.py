@@ -27,10 +27,12 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 from starlette.middleware.cors import CORSMiddleware
 
+from .access import OperatorAccess
 from .auth import Keys
 from .body import BodyBudget, ClientDisconnected, Hold, read_body
 from .config import Settings
 from .errors import (
+    DuplicateHeader,
     IngestionError,
     InvalidIdempotencyKey,
     MethodNotAllowed,
@@ -62,6 +64,10 @@ MAX_LOGGED_PATH = 256  # a 404's path is the client's text: bounded in the acces
 _JSON: Headers = ((b"content-type", b"application/json"),)
 _TEXT: Headers = ((b"content-type", CONTENT_TYPE.encode()),)
 _EXCHANGE = "trubrics.exchange"
+# Headers read as one value: a second copy is refused, never silently preferred.
+SINGLE_VALUED = frozenset(
+    (b"x-api-key", b"content-encoding", b"content-length", b"idempotency-key")
+)
 _KNOWN = frozenset(ENDPOINTS)
 _encode = msgspec.json.Encoder().encode
 
@@ -133,8 +139,10 @@ class IngestionApp:
         access_log: AccessLog | None,
         cors_origins: Sequence[str],
         readiness: Callable[[], dict[str, Any]] = dict,
+        access: OperatorAccess | None = None,
     ) -> None:
         self._keys = keys
+        self._access = access or OperatorAccess()
         self._readiness_details = readiness
         self._sink = sink
         self._max_body_bytes = max_body_bytes
@@ -147,7 +155,7 @@ class IngestionApp:
         # /readyz and /metrics read the store: on a slow disk that must not stall the loop
         # (and every acknowledgement with it). One thread, so reads never overlap.
         self._store_reads = ThreadPoolExecutor(1, thread_name_prefix="status reads")
-        self._gets: dict[str, Callable[[], Awaitable[Reply]]] = {
+        self._gets: dict[str, Callable[[Scope], Awaitable[Reply]]] = {
             "/healthz": _constant((200, b'{"status":"ok"}', _JSON)),
             "/readyz": self._readiness,
             "/openapi.json": _constant((200, openapi, _JSON)),
@@ -212,7 +220,10 @@ class IngestionApp:
         self.account()
         self._store_reads.shutdown(wait=False)
 
-    async def _metrics_page(self) -> Reply:
+    async def _metrics_page(self, scope: Scope) -> Reply:
+        refusal = self._access.refusal(scope)
+        if refusal is not None:
+            raise refusal
         self.account()  # everything answered before this scrape is in it (on the loop)
         return 200, await self._off_loop(self._metrics.exposition), _TEXT
 
@@ -259,14 +270,14 @@ class IngestionApp:
         if path in self._gets:
             if method not in ("GET", "HEAD"):
                 raise MethodNotAllowed("GET, HEAD")
-            return await self._gets[path]()
+            return await self._gets[path](scope)
         raise NotFound()
 
     async def _publish(
         self, scope: Scope, receive: Receive, kind: Kind, exchange: Exchange
     ) -> Reply:
         received_at = time.time_ns() // 1000
-        headers = dict(scope["headers"])
+        headers = _single_valued(scope["headers"])
         project = await self._keys.project_for(_header(headers, b"x-api-key"))
         exchange.project = project
         with self._budget.hold() as hold:
@@ -298,14 +309,18 @@ class IngestionApp:
         exchange.duplicate = True
         return 200, b'{"status":"success","events":%d,"duplicate":true}' % events, _JSON
 
-    async def _readiness(self) -> Reply:
-        """Ready while batches can be stored; the details say how the neighbours are."""
-        if self._sink.ready():
-            details = await self._off_loop(self._readiness_details)
-            return 200, _encode({"status": "ready", **details}), _JSON
-        return 503, _NOT_READY, _JSON
+    async def _readiness(self, scope: Scope) -> Reply:
+        """Ready while batches can be stored; the details, for operators only, say how the
+        neighbours are."""
+        if not self._sink.ready():
+            return 503, _NOT_READY, _JSON
+        if self._access.refusal(scope) is not None:
+            return 200, _READY, _JSON
+        details = await self._off_loop(self._readiness_details)
+        return 200, _encode({"status": "ready", **details}), _JSON
 
 
+_READY = b'{"status":"ready"}'
 _NOT_READY = _encode(
     {
         "detail": "Events cannot be stored right now: the journal's last commit failed (disk"
@@ -314,8 +329,8 @@ _NOT_READY = _encode(
 )
 
 
-def _constant(reply: Reply) -> Callable[[], Awaitable[Reply]]:
-    async def page() -> Reply:
+def _constant(reply: Reply) -> Callable[[Scope], Awaitable[Reply]]:
+    async def page(scope: Scope) -> Reply:
         return reply
 
     return page
@@ -349,6 +364,7 @@ def build_app(
         else Metrics(database=settings.database_path, per_project=settings.metrics_per_project),
         access_log=AccessLog() if settings.access_log else None,
         cors_origins=settings.cors_origins,
+        access=OperatorAccess(settings.metrics_token),
     )
 
 
@@ -370,6 +386,21 @@ def _watching(send: Send, exchange: Exchange) -> Send:
         await send(message)
 
     return watched
+
+
+def _single_valued(raw: Headers) -> dict[bytes, bytes]:
+    """The request's headers by name. A dict keeps a name's last value, while a proxy in
+    front may act on the first (check one key, forward another): a repeat of a header in
+    ``SINGLE_VALUED`` is a 400. One pass over the list in the common case, no repeats."""
+    headers = dict(raw)
+    if len(headers) < len(raw):
+        seen: set[bytes] = set()
+        for name, _ in raw:
+            if name in SINGLE_VALUED:
+                if name in seen:
+                    raise DuplicateHeader(name.decode())
+                seen.add(name)
+    return headers
 
 
 def _idempotency_key(headers: dict[bytes, bytes]) -> str | None:

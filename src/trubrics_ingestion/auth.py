@@ -12,7 +12,9 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import math
 import secrets
+import string
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +29,14 @@ log = logging.getLogger("trubrics_ingestion.auth")
 KEY_PREFIX = "trb_"
 MIN_KEY_LENGTH = 16
 MAX_KEY_LENGTH = 256
+MIN_SECRET_BITS = 128  # out of reach of offline guessing, whatever the hash's speed
+FEW_CHARACTERS = 8  # a random secret of 22 or more characters has more distinct ones
+MAKE_A_KEY = """python -c 'import secrets; print("trb_" + secrets.token_urlsafe(32))'"""
+_HEX = (frozenset(string.hexdigits.lower()), frozenset(string.hexdigits.upper()))
+_CLASSES = tuple(
+    (frozenset(chars), len(chars))
+    for chars in (string.ascii_lowercase, string.ascii_uppercase, string.digits, string.punctuation)
+)
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,44 @@ def key_problem(raw: str | None) -> str | None:
     if not key.isascii() or not key.isprintable() or " " in key:
         return "Invalid x-api-key."
     return None
+
+
+def estimated_bits(secret: str) -> float:
+    """The entropy ``secret`` would have if its characters had been drawn at random: the
+    length of its shortest repeating part, times log2 of its alphabet (the classes it uses:
+    lower case, upper case, digits, punctuation; 16 for hex; its distinct characters when
+    fewer than ``FEW_CHARACTERS``). The key prefix counts for nothing.
+
+    Random keys score what they carry; a made-up phrase scores far more than it is worth.
+    So a secret below ``MIN_SECRET_BITS`` is surely guessable, one above it only maybe not:
+    only a generated secret is safe (``MAKE_A_KEY``)."""
+    body = secret.removeprefix(KEY_PREFIX)
+    distinct = frozenset(body)
+    if len(distinct) < FEW_CHARACTERS:
+        alphabet = len(distinct)
+    elif any(distinct <= hex_digits for hex_digits in _HEX):
+        alphabet = 16
+    else:
+        alphabet = sum(size for chars, size in _CLASSES if distinct & chars)
+    return _period(body) * math.log2(alphabet) if alphabet > 1 else 0.0
+
+
+def _period(text: str) -> int:
+    """The length of the shortest part that ``text`` repeats at least twice over
+    (``abcabcab``: 3), else its length (a random text often ends as it starts: no repeat)."""
+    halves = range(1, len(text) // 2 + 1)
+    return next((p for p in halves if text[p:] == text[: len(text) - p]), len(text))
+
+
+def weakness(secret: str) -> str | None:
+    """Why ``secret`` is too guessable to be a key or a token, or None."""
+    bits = estimated_bits(secret)
+    if bits >= MIN_SECRET_BITS:
+        return None
+    return (
+        f"it carries about {bits:.0f} bits of entropy at most, fewer than {MIN_SECRET_BITS},"
+        f" and could be guessed. Generate one instead: {MAKE_A_KEY}"
+    )
 
 
 class Keys(Protocol):

@@ -17,6 +17,7 @@ import click
 import msgspec
 
 from . import events, keys, logs, materialise, store
+from .auth import weakness
 from .config import Settings
 from .forward.urls import SinkUrlError, parse_sink_url
 
@@ -48,7 +49,10 @@ def registry_option(command: F) -> F:
 
 
 def _open(data_dir: Path) -> sqlite3.Connection:
-    return store.connect(Settings(data_dir=data_dir).database_path)
+    try:
+        return store.connect(Settings(data_dir=data_dir).database_path)
+    except store.NotPrivate as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _key_store(data_dir: Path, registry: str | None) -> keys.KeyStore:
@@ -150,6 +154,14 @@ def main() -> None:
     help="A body repeated by the same project within this many seconds is a retry (0: off).",
 )
 @click.option(
+    "--dedup-max-entries",
+    default=DEFAULTS.dedup_max_entries,
+    type=click.IntRange(1),
+    envvar="TRUBRICS_DEDUP_MAX_ENTRIES",
+    show_envvar=True,
+    help="Batches remembered for that at most (~280 bytes each); the oldest go first.",
+)
+@click.option(
     "--max-head-bytes",
     default=DEFAULTS.max_head_bytes,
     type=click.IntRange(1024),
@@ -220,6 +232,15 @@ def main() -> None:
     help="Label the event counters of /metrics by project (a series per project).",
 )
 @click.option(
+    "--metrics-token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="TRUBRICS_METRICS_TOKEN_FILE",
+    show_envvar=True,
+    help="File holding the token that /metrics and /readyz's details then require, as"
+    " Authorization: Bearer <token> (or the token itself in TRUBRICS_METRICS_TOKEN)"
+    " [default: none: they are served to clients on this host only].",
+)
+@click.option(
     "--forward-to",
     multiple=True,
     callback=lambda _ctx, _param, urls: _engine_urls(urls),
@@ -262,18 +283,37 @@ def main() -> None:
     show_envvar=True,
     help="How often the node looks for key changes (the time a revocation takes to bite).",
 )
-def serve(cors_origins: str, **options: Any) -> None:
+def serve(cors_origins: str, metrics_token_file: Path | None, **options: Any) -> None:
     """Serve the ingestion API."""
     from .server import serve as run  # imports uvicorn only for this command
 
     run(
         Settings(
             cors_origins=tuple(o.strip() for o in cors_origins.split(",") if o.strip()),
+            metrics_token=_metrics_token(metrics_token_file),
             init_project=os.environ.get("TRUBRICS_INIT_PROJECT") or None,
             init_api_key=os.environ.get("TRUBRICS_INIT_API_KEY") or None,
             **options,
         )
     )
+
+
+def _metrics_token(path: Path | None) -> str | None:
+    """The token from its file or ``TRUBRICS_METRICS_TOKEN``; never from the command line,
+    which every user of the host can read (``ps``). A usage error if it is unfit."""
+    from_env = os.environ.get("TRUBRICS_METRICS_TOKEN") or None
+    if path is not None and from_env is not None:
+        raise click.UsageError("give --metrics-token-file or TRUBRICS_METRICS_TOKEN, not both")
+    token = path.read_text(errors="replace").strip() if path is not None else from_env
+    if token is None:
+        return None
+    if not (token.isascii() and token.isprintable()) or " " in token:
+        problem: str | None = "it must be printable ASCII without spaces"
+    else:
+        problem = weakness(token)
+    if problem:
+        raise click.UsageError(f"the metrics token is not usable: {problem}")
+    return token
 
 
 @main.command()

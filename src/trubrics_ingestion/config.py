@@ -27,6 +27,7 @@ class Settings:
     init_api_key: str | None = field(default=None, repr=False)
     key_refresh_interval_s: float = 0.5
     dedup_window_s: float = 600.0  # a repeated body within this window is a retry
+    dedup_max_entries: int = 100_000  # batches remembered for that, ~280 B of memory each
     max_head_bytes: int = 64 * 1024  # URL plus headers
     max_headers: int = 100
     request_timeout_s: float = 60.0  # to receive a whole request, head and body
@@ -41,6 +42,7 @@ class Settings:
     registry: str | None = field(default=None, repr=False)  # postgresql://... shared keys
     access_log: bool = True  # one JSON line per request
     metrics_per_project: bool = False  # a project label on the event counters
+    metrics_token: str | None = field(default=None, repr=False)  # else: this host only
 
     @property
     def database_path(self) -> Path:

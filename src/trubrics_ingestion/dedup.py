@@ -9,6 +9,12 @@ The journal writer is the only caller, so check-and-remember needs no lock and t
 concurrent copies of a batch cannot both pass. The in-memory map is the authority; each
 remembered digest is also appended to the ``dedup`` table in the batch's own transaction,
 so a restart (even after a crash) still recognises retries of batches acknowledged before.
+
+Memory is bounded: at most ``max_entries`` digests (about 280 bytes each), the oldest
+forgotten first, at once. So the window is really the last ``window_s`` seconds or the last
+``max_entries`` batches, whichever is shorter: one key holder sending thousands of batches
+a second can shorten it, never grow the node's memory. A retry of a forgotten batch is
+stored again (counted: ``trubrics_dedup_evictions``).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from collections import OrderedDict
 from enum import Enum
 
 DEFAULT_WINDOW_S = 600.0
+DEFAULT_MAX_ENTRIES = 100_000  # about 28 MB at most
 PRUNE_ROWS = 10_000
 
 
@@ -48,7 +55,9 @@ def _digest(project: str, source: str, data: bytes) -> bytes:
 class RecentBatches:
     """Digests of the batches journaled within the window, oldest first."""
 
-    def __init__(self, *, window_s: float = DEFAULT_WINDOW_S, max_entries: int = 1_000_000):
+    def __init__(
+        self, *, window_s: float = DEFAULT_WINDOW_S, max_entries: int = DEFAULT_MAX_ENTRIES
+    ) -> None:
         self._window_s = window_s
         self._max_entries = max_entries
         self._seen: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
@@ -58,11 +67,13 @@ class RecentBatches:
         return self._window_s > 0
 
     def load(self, conn: sqlite3.Connection) -> None:
-        """Remember what was journaled within the window before a restart."""
+        """Remember what was journaled within the window before a restart (the newest
+        ``max_entries`` of it: the table may hold more, from a larger bound)."""
         now = time.time()
         rows = conn.execute(
-            "SELECT digest, body_digest, expires_at FROM dedup WHERE expires_at > ? ORDER BY seq",
-            (now,),
+            "SELECT digest, body_digest, expires_at FROM (SELECT * FROM dedup"
+            " WHERE expires_at > ? ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+            (now, self._max_entries),
         )
         for digest, body_digest, expires_at in rows:
             self._seen[digest] = (body_digest, expires_at)
@@ -73,8 +84,9 @@ class RecentBatches:
             return Verdict.NEW
         return Verdict.REPEAT if found[0] == body_digest else Verdict.CONFLICT
 
-    def remember(self, conn: sqlite3.Connection, digest: bytes, body_digest: bytes) -> None:
-        """Record a batch being journaled, inside the caller's transaction."""
+    def remember(self, conn: sqlite3.Connection, digest: bytes, body_digest: bytes) -> bool:
+        """Record a batch being journaled, inside the caller's transaction; True if the
+        oldest digest was forgotten to make room."""
         expires_at = time.time() + self._window_s
         conn.execute(  # first: if it fails, nothing is remembered that is not on disk
             "INSERT INTO dedup (digest, body_digest, expires_at) VALUES (?, ?, ?)",
@@ -82,6 +94,10 @@ class RecentBatches:
         )
         self._seen[digest] = (body_digest, expires_at)
         self._seen.move_to_end(digest)
+        if len(self._seen) <= self._max_entries:
+            return False
+        self._seen.popitem(last=False)  # on disk it stays until it expires: load() skips it
+        return True
 
     def forget(self, digests: list[bytes]) -> None:
         """Undo ``remember`` for batches whose transaction rolled back."""
@@ -89,7 +105,7 @@ class RecentBatches:
             self._seen.pop(digest, None)
 
     def prune(self, conn: sqlite3.Connection) -> None:
-        """Drop expired digests (and the oldest past ``max_entries``), here and on disk.
+        """Drop expired digests, here and on disk.
 
         Digests expire in the order they were stored, so on disk only the front of the
         table needs looking at: at most ``PRUNE_ROWS`` rows per call, never a scan.
@@ -97,7 +113,7 @@ class RecentBatches:
         now = time.time()
         while self._seen:
             digest, (_, expires_at) = next(iter(self._seen.items()))
-            if expires_at > now and len(self._seen) <= self._max_entries:
+            if expires_at > now:
                 break
             del self._seen[digest]
         conn.execute(

@@ -47,6 +47,27 @@ class MethodNotAllowed(IngestionError):
         self.headers = ((b"allow", allowed.encode()),)
 
 
+class MetricsTokenRequired(IngestionError):
+    """A node's internals asked for without its metrics token (see ``access.py``)."""
+
+    status = 401
+    reason = "metrics_token_required"  # not a batch's: never counted as one
+    detail = "This needs the node's metrics token, sent as Authorization: Bearer <token>."
+    headers = ((b"www-authenticate", b'Bearer realm="trubrics-ingestion"'),)
+
+
+class OperatorsOnly(IngestionError):
+    """A node's internals asked for from elsewhere, while it has no metrics token."""
+
+    status = 403
+    reason = "operators_only"  # not a batch's: never counted as one
+    detail = (
+        "Served to clients on this host only. To read it from elsewhere, give the node a"
+        " metrics token (--metrics-token-file or TRUBRICS_METRICS_TOKEN) and send it as"
+        " Authorization: Bearer <token>."
+    )
+
+
 class PayloadTooLarge(IngestionError):
     status = 413
     reason = "payload_too_large"
@@ -66,6 +87,17 @@ class InvalidIdempotencyKey(IngestionError):
     status = 400
     reason = "invalid_idempotency_key"
     detail = "Idempotency-Key must be 1 to 255 printable ASCII characters."
+
+
+class DuplicateHeader(IngestionError):
+    """A header that decides how the request is read came twice: we would read one copy,
+    a proxy in front may have read (and checked) the other."""
+
+    status = 400
+    reason = "duplicate_header"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"The {name} header was sent more than once; send it once.")
 
 
 class IdempotencyConflict(IngestionError):
@@ -154,6 +186,7 @@ REJECTION_REASONS = (
     "unsupported_encoding",
     "invalid_gzip",
     "invalid_idempotency_key",
+    "duplicate_header",
     "idempotency_conflict",
     "rate_limited",
     "server_busy",

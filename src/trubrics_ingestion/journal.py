@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .dedup import DEFAULT_WINDOW_S, RecentBatches, Verdict, batch_digests
+from .dedup import DEFAULT_MAX_ENTRIES, DEFAULT_WINDOW_S, RecentBatches, Verdict, batch_digests
 from .errors import IdempotencyConflict, StorageUnavailable
 from .metrics import Metrics
 from .store import connect, transaction
@@ -56,13 +56,14 @@ class Journal:
         database: Path,
         *,
         dedup_window_s: float = DEFAULT_WINDOW_S,
+        dedup_max_entries: int = DEFAULT_MAX_ENTRIES,
         max_batches_per_commit: int = 256,
         metrics: Metrics | None = None,
     ) -> None:
         self._database = database
         self._metrics = metrics or Metrics()
         self._max_batches = max_batches_per_commit
-        self._recent = RecentBatches(window_s=dedup_window_s)
+        self._recent = RecentBatches(window_s=dedup_window_s, max_entries=dedup_max_entries)
         self._pruned_at = 0.0
         self._queue: queue.SimpleQueue[Entry | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -210,7 +211,8 @@ class Journal:
         )
         verdict = self._recent.check(digest, body_digest)
         if verdict is Verdict.NEW:
-            self._recent.remember(conn, digest, body_digest)
+            if self._recent.remember(conn, digest, body_digest):
+                self._metrics.dedup_evicted()
             remembered.append(digest)
         return verdict
 

@@ -51,13 +51,16 @@ class NewKey:
 
 def new_key(project: str) -> NewKey:
     """A fresh random key for ``project`` with a random public id."""
-    return NewKey("key_" + secrets.token_hex(6), project, generate_key())
+    return chosen_key(project, generate_key())
 
 
 def chosen_key(project: str, key: str) -> NewKey:
-    """An operator-chosen key (``TRUBRICS_INIT_API_KEY``), with an id derived from its hash
-    so that every node seeding the same key names it the same."""
-    return NewKey("key_" + hash_key(key)[:12], project, key)
+    """``key`` for ``project`` (an operator's ``TRUBRICS_INIT_API_KEY``, or a fresh one)
+    with a random public id. Never one derived from the key: ids are listed to operators,
+    and a hash prefix would let anyone holding a list test guesses at the key offline.
+    Seeding the same key again, from any node, still adds nothing: stores refuse a second
+    row with the same key hash (the id that stays is the first one's)."""
+    return NewKey("key_" + secrets.token_hex(6), project, key)
 
 
 class KeyStoreUnavailable(Exception):

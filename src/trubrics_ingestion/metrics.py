@@ -91,6 +91,12 @@ class Metrics:
             "Batches acknowledged as repeats of one already stored, and not stored again.",
             registry=registry,
         )
+        self._dedup_evictions = Counter(
+            "trubrics_dedup_evictions",
+            "Batches forgotten by the dedup memory before their window ended, to stay within"
+            " its bound (--dedup-max-entries): a retry of one is stored again.",
+            registry=registry,
+        )
         self._rate_limit_hits = Counter(
             "trubrics_rate_limit_hits",
             "Publish requests refused with a 429 by the per-project rate limit.",
@@ -179,6 +185,9 @@ class Metrics:
 
     def commit_failed(self) -> None:
         self._commit_failures.inc()
+
+    def dedup_evicted(self) -> None:
+        self._dedup_evictions.inc()
 
     # --- scraping -----------------------------------------------------------------------
 

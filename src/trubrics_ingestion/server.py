@@ -19,7 +19,7 @@ from starlette.types import ASGIApp
 
 from . import logs, store
 from .app import build_app
-from .auth import KeyCache, PolledKeyCache, key_problem
+from .auth import KeyCache, PolledKeyCache, key_problem, weakness
 from .children import background_children
 from .config import Settings
 from .forward import parse_sink_url
@@ -36,7 +36,11 @@ log = logging.getLogger("trubrics_ingestion")
 def serve(settings: Settings) -> None:
     """Serve until stopped."""
     logs.configure(settings.log_level)
-    conn = store.connect(settings.database_path)
+    try:
+        conn = store.connect(settings.database_path)
+    except store.NotPrivate as exc:
+        log.critical("the store cannot be kept private: %s", exc)
+        raise SystemExit(1) from None
     key_store = open_key_store(settings.registry, lambda: conn)
     _seed_key(key_store, settings)
     cache = _key_cache(key_store, settings)
@@ -48,7 +52,10 @@ def serve(settings: Settings) -> None:
     )
     metrics.registry.register(status)
     journal = Journal(
-        settings.database_path, dedup_window_s=settings.dedup_window_s, metrics=metrics
+        settings.database_path,
+        dedup_window_s=settings.dedup_window_s,
+        dedup_max_entries=settings.dedup_max_entries,
+        metrics=metrics,
     )
     journal.start()
     children = background_children(settings)
@@ -113,10 +120,12 @@ def startup_fields(settings: Settings) -> dict[str, object]:
             "max_buffered_bytes": settings.max_buffered_bytes,
         },
         "dedup_window_s": settings.dedup_window_s,
+        "dedup_max_entries": settings.dedup_max_entries,
         "cors_origins": list(settings.cors_origins),
         "log_level": settings.log_level,
         "access_log": settings.access_log,
         "metrics_per_project": settings.metrics_per_project,
+        "metrics_access": "token" if settings.metrics_token else "this host only",
     }
 
 
@@ -171,6 +180,14 @@ def _seed_key(key_store: KeyStore, settings: Settings) -> None:
     problem = key_problem(settings.init_api_key)
     if problem:
         log.critical("TRUBRICS_INIT_API_KEY is not usable as a key: %s", problem)
+        raise SystemExit(1)
+    problem = weakness(settings.init_api_key.strip())
+    if problem:  # stored as an unsalted SHA-256: guesses can be tried offline, very fast
+        log.critical(
+            "TRUBRICS_INIT_API_KEY is too weak to be a key (whoever reads its SHA-256, in the"
+            " store, the key registry or a backup, could try guesses offline): %s",
+            problem,
+        )
         raise SystemExit(1)
     try:
         seeded = key_store.seed_key(settings.init_project, settings.init_api_key.strip())

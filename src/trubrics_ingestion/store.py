@@ -9,13 +9,17 @@ server acknowledges a batch.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from .ids import new_node_id
+
+log = logging.getLogger("trubrics_ingestion.store")
 
 # Each entry upgrades the schema by one version; PRAGMA user_version counts them.
 MIGRATIONS = (
@@ -104,6 +108,11 @@ class SchemaTooNew(RuntimeError):
     """The file was written by a newer release; refusing to touch it is the safe answer."""
 
 
+class NotPrivate(RuntimeError):
+    """The data dir or the store's files are open to other users and cannot be made private
+    here; the message says which and what to do."""
+
+
 def connect(database: Path) -> sqlite3.Connection:
     """Open (creating if needed) the store, in autocommit mode, migrated to the current schema."""
     _create_private(database)
@@ -179,12 +188,61 @@ def meta(conn: sqlite3.Connection, name: str) -> int:
 def _create_private(database: Path) -> None:
     """Data dir ``0700`` and database ``0600``: events and key hashes are nobody else's business.
 
-    The file is only ever opened here when it does not exist yet. Closing any descriptor of
-    an open SQLite file drops this process's POSIX locks on it, after which another process
-    may believe itself the last user, checkpoint and delete the WAL under our feet.
+    A dir made by the operator beforehand (often ``0755``, like the root of a filesystem
+    mounted for the store), or files restored from a backup, are tightened to that, with a
+    warning. Not a dir that holds anything but the store (and a filesystem's
+    ``lost+found``), though: ``--data-dir /var/lib`` would lock other services out; nor one
+    of somebody else's: those stop the command with ``NotPrivate``.
+
+    The file is only ever opened here when it does not exist yet (``chmod`` opens nothing).
+    Closing any descriptor of an open SQLite file drops this process's POSIX locks on it,
+    after which another process may believe itself the last user, checkpoint and delete the
+    WAL under our feet.
     """
-    database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory = database.parent
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    files = [database.with_name(database.name + suffix) for suffix in ("", "-wal", "-shm")]
+    if _loose(directory):
+        ours = {*files, directory / "lost+found"}
+        strangers = sorted(p.name for p in directory.iterdir() if p not in ours)
+        if strangers:
+            raise NotPrivate(
+                f"the data dir {directory} is open to other users (mode"
+                f" {_mode(directory):04o}) and holds more than the store ({strangers[0]}...):"
+                " give the store a directory of its own (it is created private), or run"
+                f" chmod go= {directory}"
+            )
+        _tighten(directory)
+    for path in files:
+        if _loose(path):
+            _tighten(path)
     if database.exists():
         return
     with contextlib.suppress(FileExistsError):
         os.close(os.open(database, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _loose(path: Path) -> bool:
+    """Readable, writable or searchable by group or others."""
+    try:
+        return bool(_mode(path) & 0o077)
+    except FileNotFoundError:
+        return False
+
+
+def _tighten(path: Path) -> None:
+    """Take the group's and others' permissions off ``path``, saying so."""
+    mode = _mode(path)
+    try:
+        os.chmod(path, mode & 0o700)
+    except PermissionError:
+        raise NotPrivate(
+            f"{path} is open to other users (mode {mode:04o}) and cannot be made private by"
+            f" this user (uid {os.geteuid()}, owner uid {path.stat().st_uid}): have its owner"
+            f" run chmod go= {path}, or choose another --data-dir"
+        ) from None
+    log.warning("made %s private: mode %04o, was %04o", path, mode & 0o700, mode)
