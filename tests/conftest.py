@@ -51,6 +51,7 @@ class Node:
     key: str
     project: str
     env: dict[str, str] = field(default_factory=dict)
+    args: tuple[str, ...] = ()  # more ``serve`` arguments
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
@@ -63,9 +64,10 @@ class Node:
         self.port = free_port()
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
         env = {**os.environ, **self.env}
+        port, data_dir = str(self.port), str(self.data_dir)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [*CLI, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)],
+                [*CLI, "serve", "--port", port, "--data-dir", data_dir, *self.args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,

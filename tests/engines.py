@@ -14,6 +14,10 @@ killed: start them from the main thread (pytest fixtures and test bodies are).
 
 ``stop()``/``start()`` restart a server on the same ports and data (for outage tests); the
 URLs stay valid. ``kill()`` simulates a crash.
+
+TLS: ``make_tls_files`` makes a throwaway CA and a server certificate for 127.0.0.1 and
+localhost; ``PostgresServer(tls=...)`` then accepts only TLS connections over TCP, and
+``ClickHouseCluster(tls=...)`` also serves HTTPS on each node's ``https_port``.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -298,6 +303,60 @@ class Server:
         self.close()
 
 
+# --- TLS -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A CA certificate, and a server certificate and key it signed (PEM files)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls_files(directory: Path, name: str = "trubrics test CA") -> TlsFiles:
+    """A new CA (``name``) and a server certificate it signed for 127.0.0.1 and localhost,
+    valid for a day, made with the openssl command line (no Python dependency)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = directory / "ca.pem", directory / "ca.key"
+    cert, key, csr = directory / "server.crt", directory / "server.key", directory / "server.csr"
+    extensions = directory / "server.ext"
+    extensions.write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+        "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+    )
+    new_key = ["-newkey", "rsa:2048", "-nodes"]
+    _openssl("req", "-x509", *new_key, "-keyout", ca_key, "-out", ca, "-days", "1",
+             "-subj", f"/CN={name}", "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+    _openssl("req", *new_key, "-keyout", key, "-out", csr, "-subj", "/CN=localhost")
+    _openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+             "-out", cert, "-days", "1", "-extfile", extensions)  # fmt: skip
+    return TlsFiles(ca=ca, cert=cert, key=key)
+
+
+def _openssl(*args: str | Path) -> None:
+    argv = ["openssl", *map(str, args)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise EngineError(f"openssl {args[0]} failed:\n{result.stderr}")
+
+
+def _install_tls(tls: TlsFiles, directory: Path, user: str | None) -> tuple[Path, Path]:
+    """Copies of the server's certificate and key in ``directory``, owned by ``user``
+    (servers refuse a key others may read)."""
+    cert, key = directory / "server.crt", directory / "server.key"
+    shutil.copyfile(tls.cert, cert)
+    shutil.copyfile(tls.key, key)
+    key.chmod(0o600)
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        for path in (cert, key):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+    return cert, key
+
+
 # --- PostgreSQL ------------------------------------------------------------------------------
 
 
@@ -305,16 +364,30 @@ class PostgresServer(Server):
     """A PostgreSQL 15 cluster with trust auth for user ``postgres`` on 127.0.0.1.
 
     ``settings`` become ``-c name=value`` options (e.g. ``{"max_connections": "20"}``).
+    ``hba`` replaces pg_hba.conf's lines (e.g. to ask other users for a password). With
+    ``tls``, TCP connections must use TLS (``hostssl``; the socket stays trusted).
     """
 
     name = "postgres"
 
-    def __init__(self, settings: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Mapping[str, str] | None = None,
+        *,
+        tls: TlsFiles | None = None,
+        hba: Sequence[str] | None = None,
+    ) -> None:
         super().__init__()
         self.user = _service_user("postgres")
         self.dir = _make_dir(self.root / "pg", self.user)
         self.data = self.dir / "data"
         self.settings = dict(settings or {})
+        self.hba = list(hba) if hba is not None else None
+        if tls is not None:
+            cert, key = _install_tls(tls, self.dir, self.user)
+            self.settings.update(ssl="on", ssl_cert_file=str(cert), ssl_key_file=str(key))
+            if self.hba is None:
+                self.hba = ["local all all trust", "hostssl all all 127.0.0.1/32 trust"]
         self.port = free_port()
         self.process = ServerProcess("postgres", self._argv(), self.dir / "postgres.log", self.user)
 
@@ -372,6 +445,8 @@ class PostgresServer(Server):
         )
         if result.returncode != 0:
             raise EngineError(f"initdb failed:\n{result.stdout}{result.stderr}")
+        if self.hba is not None:  # rewritten in place: the file stays the server's
+            (self.data / "pg_hba.conf").write_text("".join(f"{line}\n" for line in self.hba))
 
     def _ready(self) -> bool:
         probe = [str(PG_BIN / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
@@ -449,10 +524,14 @@ class ZooKeeperServer(Server):
 class ClickHouseNode:
     """One clickhouse-server process of a cluster (shard ``shard``, its only replica)."""
 
-    def __init__(self, root: Path, shard: int, user: str | None) -> None:
+    def __init__(
+        self, root: Path, shard: int, user: str | None, tls: TlsFiles | None = None
+    ) -> None:
         self.shard = shard
         self.dir = _make_dir(root / f"node{shard}", user)
         self.http_port, self.tcp_port, self.interserver_port = (free_port() for _ in range(3))
+        self.https_port = free_port() if tls is not None else None
+        self.tls = None if tls is None else _install_tls(tls, self.dir, user)
         argv = [str(CLICKHOUSE_SERVER), f"--config-file={self.dir / 'config.xml'}"]
         self.process = ServerProcess(f"clickhouse node{shard}", argv, self.dir / "server.log", user)
         self.user = user
@@ -525,14 +604,20 @@ class ClickHouseCluster(Server):
 
     name = "clickhouse"
 
-    def __init__(self, shards: int = 2, zookeeper: ZooKeeperServer | None = None) -> None:
+    def __init__(
+        self,
+        shards: int = 2,
+        zookeeper: ZooKeeperServer | None = None,
+        *,
+        tls: TlsFiles | None = None,
+    ) -> None:
         super().__init__()
         self.cluster = CLUSTER
         self._own_zookeeper = zookeeper is None
         self.zookeeper = zookeeper if zookeeper is not None else ZooKeeperServer()
         self.zk_root = f"/trubrics-{uuid.uuid4().hex[:12]}"
         user = _service_user("clickhouse")
-        self.nodes = [ClickHouseNode(self.root, shard, user) for shard in range(1, shards + 1)]
+        self.nodes = [ClickHouseNode(self.root, shard, user, tls) for shard in range(1, shards + 1)]
         users = _users_xml()
         for node in self.nodes:
             node.write_config(self._config_xml(node), users)
@@ -545,6 +630,13 @@ class ClickHouseCluster(Server):
     def url(self) -> str:
         """The first node, in the form the forwarder's configuration takes."""
         return f"clickhouse://127.0.0.1:{self.nodes[0].http_port}/default?cluster={self.cluster}"
+
+    @property
+    def https_url(self) -> str:
+        """The first node over HTTPS (with ``tls``), as the forwarder's configuration takes it."""
+        port = self.nodes[0].https_port
+        assert port is not None, "a cluster made without tls= serves no HTTPS"
+        return f"clickhouses://127.0.0.1:{port}/default?cluster={self.cluster}"
 
     def start(self) -> Self:
         """Start ZooKeeper if we own it, then every node in parallel, and wait for them."""
@@ -615,7 +707,7 @@ class ClickHouseCluster(Server):
         zk = self.zookeeper
         return f"""<?xml version="1.0"?>
 <yandex>
-    <logger><level>information</level><console>1</console></logger>
+    <logger><level>information</level><console>1</console></logger>{_https_xml(node)}
     <listen_host>127.0.0.1</listen_host>
     <http_port>{node.http_port}</http_port>
     <tcp_port>{node.tcp_port}</tcp_port>
@@ -647,6 +739,22 @@ class ClickHouseCluster(Server):
     <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl>
 </yandex>
 """
+
+
+def _https_xml(node: ClickHouseNode) -> str:
+    """HTTPS on ``node.https_port`` with its certificate (18.16 needs no DH parameters)."""
+    if node.tls is None:
+        return ""
+    cert, key = node.tls
+    return f"""
+    <https_port>{node.https_port}</https_port>
+    <openSSL><server>
+        <certificateFile>{cert}</certificateFile>
+        <privateKeyFile>{key}</privateKeyFile>
+        <verificationMode>none</verificationMode>
+        <loadDefaultCAFile>false</loadDefaultCAFile>
+        <disableProtocols>sslv2,sslv3</disableProtocols>
+    </server></openSSL>"""
 
 
 def _users_xml() -> str:

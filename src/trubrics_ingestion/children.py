@@ -22,14 +22,27 @@ log = logging.getLogger("trubrics_ingestion.children")
 MATERIALISE = ["events", "materialise", "--follow", "--shard"]
 
 
-class Child:
-    """Runs ``trubrics-ingestion ARGS --parent-pid PID --data-dir DIR``; restarts it if it dies."""
+# The server's settings and secrets (the init key, the registry's and engines' URLs): a
+# child is given what it needs of them, and no more.
+OURS = "TRUBRICS_"
+LIBPQ = "PG"  # libpq's variables, PGPASSWORD among them: for the one child that connects
 
-    def __init__(
-        self, name: str, args: list[str], data_dir: Path, env: dict[str, str] | None = None
-    ) -> None:
+
+def child_environment(env: dict[str, str], *, drop: tuple[str, ...] = (OURS,)) -> dict[str, str]:
+    """The server's environment without the variables named by the prefixes in ``drop``,
+    plus ``env``. The rest (PATH, HOME, locale, SSL_CERT_FILE...) is the operator's and
+    passes on."""
+    kept = {name: value for name, value in os.environ.items() if not name.startswith(drop)}
+    return {**kept, **env}
+
+
+class Child:
+    """Runs ``trubrics-ingestion ARGS --parent-pid PID --data-dir DIR``; restarts it if it
+    dies. ``env`` is its whole environment (see ``child_environment``)."""
+
+    def __init__(self, name: str, args: list[str], data_dir: Path, env: dict[str, str]) -> None:
         self.name = name
-        self._env = {**os.environ, **(env or {})}
+        self._env = env
         self._command = [
             sys.executable, "-m", "trubrics_ingestion", *args,
             "--parent-pid", str(os.getpid()), "--data-dir", str(data_dir),
@@ -61,8 +74,10 @@ def background_children(settings: Settings) -> list[Child]:
     """The materialisers, and a forwarder when there are engines to forward to."""
     data_dir = settings.data_dir
     shards = [Shard(index, settings.materialisers) for index in range(settings.materialisers)]
+    quiet = child_environment({}, drop=(OURS, LIBPQ))
     children = [
-        Child(f"materialiser {shard}", [*MATERIALISE, str(shard)], data_dir) for shard in shards
+        Child(f"materialiser {shard}", [*MATERIALISE, str(shard)], data_dir, quiet)
+        for shard in shards
     ]
     if settings.forward_to:
         args = ["--max-backoff-s", str(settings.forward_max_backoff_s)]
@@ -70,6 +85,6 @@ def background_children(settings: Settings) -> list[Child]:
             args += ["--retention-s", str(settings.forward_retention_s)]
         # In the environment, not the command line: URLs may hold passwords, and any local
         # user can read a process's arguments.
-        urls = {"TRUBRICS_FORWARD_TO": " ".join(settings.forward_to)}
-        children.append(Child("forwarder", ["forward", *args], data_dir, urls))
+        env = child_environment({"TRUBRICS_FORWARD_TO": " ".join(settings.forward_to)})
+        children.append(Child("forwarder", ["forward", *args], data_dir, env))
     return children

@@ -7,22 +7,33 @@ variable; commands that touch the store take ``--data-dir`` after their own name
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 import msgspec
+from click.core import ParameterSource
 
 from . import events, keys, logs, materialise, store
 from .auth import weakness
 from .config import Settings
-from .forward.urls import SinkUrlError, parse_sink_url
+from .forward.urls import SinkUrl, SinkUrlError, parse_sink_url, read_url_file
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULTS = Settings()  # every default lives in config.py
+URL_FILE = click.Path(dir_okay=False, path_type=Path)
+# Where a URL with a password can go instead of the command line, by parameter name.
+_INSTEAD = {
+    "forward_to": "TRUBRICS_FORWARD_TO or --forward-to-file PATH",
+    "registry": "TRUBRICS_REGISTRY or --registry-file PATH",
+    "urls": "TRUBRICS_FORWARD_TO",
+    "url": "--url-file PATH",
+}
+ARGV_WARNINGS = "trubrics_ingestion.argv_warnings"  # in ctx.meta: for serve to log as JSON
 
 
 def data_dir_option(command: F) -> F:
@@ -38,14 +49,35 @@ def data_dir_option(command: F) -> F:
 
 
 def registry_option(command: F) -> F:
-    return click.option(
-        "--registry",
-        envvar="TRUBRICS_REGISTRY",
+    """``--registry URL`` or ``--registry-file PATH``, given to ``command`` as ``registry``."""
+
+    @functools.wraps(command)
+    def with_registry(
+        *args: Any, registry: str | None, registry_file: str | None, **kw: Any
+    ) -> Any:
+        if registry and registry_file:
+            raise click.UsageError("give --registry or --registry-file, not both")
+        return command(*args, registry=registry or registry_file, **kw)
+
+    file_option = click.option(
+        "--registry-file",
+        type=URL_FILE,
+        envvar="TRUBRICS_REGISTRY_FILE",
         show_envvar=True,
-        callback=lambda _ctx, _param, url: _registry_url(url),
-        help="Keys live in this shared PostgreSQL registry (postgresql://USER@HOST:PORT/DB)"
-        " instead of the node's store.",
-    )(command)
+        callback=lambda _ctx, _param, path: _registry_url_in(path),
+        help="A file holding the --registry URL (mode 0600 if it has a password).",
+    )
+    return cast(
+        F,
+        click.option(
+            "--registry",
+            envvar="TRUBRICS_REGISTRY",
+            show_envvar=True,
+            callback=_registry_url,
+            help="Keys live in this shared PostgreSQL registry (postgresql://USER@HOST:PORT/DB)"
+            " instead of the node's store.",
+        )(file_option(with_registry)),
+    )
 
 
 def _open(data_dir: Path) -> sqlite3.Connection:
@@ -59,17 +91,67 @@ def _key_store(data_dir: Path, registry: str | None) -> keys.KeyStore:
     return keys.open_key_store(registry, lambda: _open(data_dir))
 
 
-def _registry_url(url: str | None) -> str | None:
+def _registry_url(ctx: click.Context, param: click.Parameter, url: str | None) -> str | None:
     """The URL as given once it parses (``Settings`` keeps strings), or a usage error."""
     if not url:
         return None
+    _warn_if_password_in_argv(ctx, param, [_checked_registry(url)])
+    return url
+
+
+def _registry_url_in(path: Path | None) -> str | None:
+    """The one URL of a ``--registry-file``, checked."""
+    if path is None:
+        return None
+    url = _one_url_in(path)
+    _checked_registry(url)
+    return url
+
+
+def _checked_registry(url: str) -> SinkUrl:
     from .registry import parse_registry_url
 
     try:
-        parse_registry_url(url)
+        return parse_registry_url(url)
     except SinkUrlError as exc:
         raise click.BadParameter(str(exc)) from None
-    return url
+
+
+def _urls_in(path: Path) -> list[str]:
+    try:
+        return read_url_file(path)
+    except SinkUrlError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _one_url_in(path: Path) -> str:
+    urls = _urls_in(path)
+    if len(urls) != 1:
+        raise click.BadParameter(f"{path} holds {len(urls)} URLs, not one")
+    return urls[0]
+
+
+def _warn_if_password_in_argv(
+    ctx: click.Context, param: click.Parameter, urls: Sequence[SinkUrl]
+) -> None:
+    """Warn, never showing it, of a password in a URL given on the command line: every
+    local user can read a process's arguments. ``serve`` logs it once logging is set up."""
+    source = ctx.get_parameter_source(param.name) if param.name else None
+    if source is not ParameterSource.COMMANDLINE or not any(u.carries_secret for u in urls):
+        return
+    assert param.name is not None
+    is_option = isinstance(param, click.Option)
+    flag = param.opts[0] if is_option else f"{ctx.command.name}'s {param.human_readable_name}"
+    message = (
+        f"a password in {flag} on the command line can be read by every local user (ps,"
+        f" /proc/PID/cmdline): use {_INSTEAD[param.name]} (a file: mode 0600), or leave a"
+        " PostgreSQL password out of the URL for libpq to find in PGPASSWORD, PGPASSFILE or"
+        " ~/.pgpass"
+    )
+    if ctx.command.name == "serve":
+        ctx.meta.setdefault(ARGV_WARNINGS, []).append(message)
+    else:
+        click.echo(f"Warning: {message}", err=True)
 
 
 def _json(value: Any) -> str:
@@ -243,11 +325,20 @@ def main() -> None:
 @click.option(
     "--forward-to",
     multiple=True,
-    callback=lambda _ctx, _param, urls: _engine_urls(urls),
+    callback=lambda ctx, param, urls: _engine_urls(urls, ctx, param),
     envvar="TRUBRICS_FORWARD_TO",
     show_envvar=True,
     help="Engine to ship stored events to, at least once (repeatable; in the environment,"
-    " space-separated): postgresql://USER@HOST:PORT/DB or clickhouse://HOST:PORT/DB[?cluster=C].",
+    " space-separated): postgresql://USER@HOST:PORT/DB[?sslmode=...] or"
+    " clickhouse[s]://HOST:PORT/DB[?cluster=C].",
+)
+@click.option(
+    "--forward-to-file",
+    type=URL_FILE,
+    envvar="TRUBRICS_FORWARD_TO_FILE",
+    show_envvar=True,
+    callback=lambda _ctx, _param, path: () if path is None else _engine_urls(tuple(_urls_in(path))),
+    help="A file of --forward-to URLs, one a line (mode 0600 if one has a password).",
 )
 @click.option(
     "--materialisers",
@@ -283,7 +374,13 @@ def main() -> None:
     show_envvar=True,
     help="How often the node looks for key changes (the time a revocation takes to bite).",
 )
-def serve(cors_origins: str, metrics_token_file: Path | None, **options: Any) -> None:
+def serve(
+    cors_origins: str,
+    metrics_token_file: Path | None,
+    forward_to: tuple[str, ...],
+    forward_to_file: tuple[str, ...],
+    **options: Any,
+) -> None:
     """Serve the ingestion API."""
     from .server import serve as run  # imports uvicorn only for this command
 
@@ -293,8 +390,10 @@ def serve(cors_origins: str, metrics_token_file: Path | None, **options: Any) ->
             metrics_token=_metrics_token(metrics_token_file),
             init_project=os.environ.get("TRUBRICS_INIT_PROJECT") or None,
             init_api_key=os.environ.get("TRUBRICS_INIT_API_KEY") or None,
+            forward_to=_engine_urls((*forward_to, *forward_to_file)),
             **options,
-        )
+        ),
+        warnings=click.get_current_context().meta.get(ARGV_WARNINGS, ()),
     )
 
 
@@ -317,17 +416,38 @@ def _metrics_token(path: Path | None) -> str | None:
 
 
 @main.command()
-@click.argument("url")
-def migrate(url: str) -> None:
+@click.argument(
+    "url",
+    required=False,
+    callback=lambda ctx, param, url: url and _engine_urls((url,), ctx, param)[0],
+)
+@click.option(
+    "--url-file",
+    type=URL_FILE,
+    callback=lambda _ctx, _param, path: path and _engine_urls((_one_url_in(path),))[0],
+    help="A file holding the URL instead (mode 0600 if it has a password).",
+)
+def migrate(url: str | None, url_file: str | None) -> None:
     """Create or upgrade the events schema on an engine (idempotent; serve does it too)."""
+    import psycopg
+
     from .forward import open_sink
 
-    sink = open_sink(parse_sink_url(_engine_urls((url,))[0]))
+    text = url or url_file
+    if text is None or (url and url_file):
+        raise click.UsageError("give the engine's URL, or --url-file PATH: one of them")
+    target = parse_sink_url(text)
+    sink = open_sink(target)
     try:
         sink.migrate()
+    except (OSError, RuntimeError, psycopg.Error) as exc:
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        raise click.ClickException(
+            f"{target.display}: {type(exc).__name__}: {first_line}"
+        ) from None
     finally:
         sink.close()
-    click.echo(f"{parse_sink_url(url).display}: schema up to date.")
+    click.echo(f"{target.display}: schema up to date.")
 
 
 @main.command()
@@ -337,6 +457,7 @@ def migrate(url: str) -> None:
     multiple=True,
     required=True,
     envvar="TRUBRICS_FORWARD_TO",
+    callback=lambda ctx, param, urls: _engine_urls(urls, ctx, param),
     help="Engine URL (repeatable; in the environment, space-separated).",
 )
 @click.option(
@@ -367,21 +488,28 @@ def forward(
     with contextlib.suppress(KeyboardInterrupt):
         run_forever(
             database,
-            _engine_urls(urls),
+            urls,
             parent_pid=parent_pid,
             retention_s=retention_s,
             backoff_max_s=max_backoff_s,
         )
 
 
-def _engine_urls(urls: tuple[str, ...]) -> tuple[str, ...]:
-    """The URLs as given once they parse and name distinct engines, or a usage error."""
+def _engine_urls(
+    urls: tuple[str, ...],
+    ctx: click.Context | None = None,
+    param: click.Parameter | None = None,
+) -> tuple[str, ...]:
+    """The URLs as given once they parse and name distinct engines, or a usage error;
+    with the parameter that brought them, a warning if that put a password in argv."""
     from .forward.forwarder import parse_sink_urls
 
     try:
-        parse_sink_urls(urls)
+        parsed = parse_sink_urls(urls)
     except SinkUrlError as exc:
         raise click.BadParameter(str(exc)) from None
+    if ctx is not None and param is not None:
+        _warn_if_password_in_argv(ctx, param, parsed)
     return urls
 
 

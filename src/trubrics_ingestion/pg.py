@@ -28,7 +28,26 @@ def connect(
     """An autocommit connection with timeouts everywhere: connecting, each statement (on
     the server), and on our side TCP keepalives and a TCP user timeout, so that a server
     that stops answering without closing the connection is noticed instead of waited on
-    forever (``statement_timeout`` alone relies on the server being alive)."""
+    forever (``statement_timeout`` alone relies on the server being alive).
+
+    The URL's libpq parameters (``sslmode``, ``sslrootcert``, ``passfile``...) go to
+    libpq as given and override these defaults; its ``options`` come before our
+    statement timeout. Without a password in the URL none is passed, so libpq looks in
+    ``PGPASSWORD``, ``passfile``/``PGPASSFILE`` or ``~/.pgpass``, as it does for psql."""
+    given = dict(url.libpq)
+    options = " ".join(
+        filter(None, (given.pop("options", ""), f"-c statement_timeout={statement_timeout_ms}"))
+    )
+    parameters: dict[str, Any] = {
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "application_name": application,
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+        "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+        **given,
+    }
     return psycopg.connect(
         host=url.host,
         port=url.port,
@@ -36,14 +55,8 @@ def connect(
         user=url.user,
         password=url.password,
         autocommit=True,
-        connect_timeout=CONNECT_TIMEOUT_S,
-        application_name=application,
-        options=f"-c statement_timeout={statement_timeout_ms}",
-        keepalives=1,
-        keepalives_idle=30,
-        keepalives_interval=10,
-        keepalives_count=3,
-        tcp_user_timeout=TCP_USER_TIMEOUT_MS,
+        options=options,
+        **parameters,
     )
 
 

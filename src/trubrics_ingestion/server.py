@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib.metadata import version
 
 import uvicorn
@@ -33,9 +33,11 @@ from .status import NodeStatus
 log = logging.getLogger("trubrics_ingestion")
 
 
-def serve(settings: Settings) -> None:
-    """Serve until stopped."""
+def serve(settings: Settings, *, warnings: Sequence[str] = ()) -> None:
+    """Serve until stopped; ``warnings`` (of the command line) are logged first."""
     logs.configure(settings.log_level)
+    for warning in warnings:
+        log.warning(warning)
     try:
         conn = store.connect(settings.database_path)
     except store.NotPrivate as exc:

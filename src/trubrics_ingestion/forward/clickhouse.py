@@ -1,4 +1,4 @@
-"""ClickHouse sink over plain HTTP (stdlib ``http.client``), from Debian's 18.16 to current.
+"""ClickHouse sink over HTTP or HTTPS (stdlib ``http.client``), from Debian's 18.16 to current.
 
 Why HTTP and ``JSONEachRow``: it is the one insert path every ClickHouse version speaks
 (clickhouse-connect cannot talk to 18.16), it needs no dependency, and msgspec encodes it
@@ -35,6 +35,10 @@ DateTime64 everything. (A number with a fraction, which DateTime64 takes, is an 
 clamping bounds depend on the table, whose time type ``migrate()`` reads from
 ``system.columns`` (so a server upgraded over 18.16's tables keeps getting what they hold).
 
+TLS. ``clickhouses://`` (or ``?secure=1``) speaks HTTPS with the certificate and host name
+verified, against the system's CAs or only the URL's ``ca_cert``: a server that cannot
+prove who it is gets no password and no events.
+
 No JSONExtract in 18.16: ``properties`` is the compact JSON text as a String, which the
 ``visitParam*`` functions read on every version (``JSONExtract*`` too on current ones).
 """
@@ -44,6 +48,7 @@ from __future__ import annotations
 import base64
 import http.client
 import re
+import ssl
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -265,15 +270,24 @@ class ClickHouseSink:
         """Connected (within ``CONNECT_TIMEOUT_S``: an unreachable host fails fast) and
         with ``timeout_s`` for this request's answer."""
         if self._conn is None:
-            self._conn = http.client.HTTPConnection(
-                self._url.host, self._url.port, timeout=CONNECT_TIMEOUT_S
-            )
+            self._conn = _new_connection(self._url)
         if self._conn.sock is None:
             self._conn.connect()
         sock = self._conn.sock
         assert sock is not None  # connect() sets it or raises
         sock.settimeout(timeout_s)
         return self._conn
+
+
+def _new_connection(url: SinkUrl) -> http.client.HTTPConnection:
+    """HTTP, or HTTPS verifying the server; the CA file is read at each connection, so a
+    replaced one is picked up, and a missing one is an error of that attempt, retried."""
+    if not url.secure:
+        return http.client.HTTPConnection(url.host, url.port, timeout=CONNECT_TIMEOUT_S)
+    context = ssl.create_default_context(cafile=url.ca_cert)
+    return http.client.HTTPSConnection(
+        url.host, url.port, timeout=CONNECT_TIMEOUT_S, context=context
+    )
 
 
 def encode_json_lines(rows: Sequence[Row], span: tuple[int, int] = DATETIME64_SPAN) -> bytes:
