@@ -228,8 +228,7 @@ def test_every_accepted_item_can_be_stored_and_exported(
     item = {"user_id": "u", "prompt": "p", "generation": "g", "latency": latency}
     body = json.dumps([{**item, "timestamp": moment.isoformat()}]).encode()
     try:
-        items = decode_batch(body, "llm")
-        LIMITS.check(body, items)
+        items = LIMITS.decode(body, "llm")
     except InvalidPayload:
         return  # refused up front is fine; accepted-then-lost is not
     for row in expand(items, project="p", received_at=0, new_id=lambda: "id"):
