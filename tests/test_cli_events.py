@@ -5,15 +5,17 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import itertools
 import json
 import queue
+import signal
+import sqlite3
 import subprocess
 import threading
-from typing import IO
+from collections.abc import Iterator
+from typing import IO, Any
 
 from conftest import CLI, Node
-
-TAIL_ATTEMPTS = 60  # batches published, 0.5 s apart, before tail is deemed silent
 
 COLUMNS = [
     "id",
@@ -75,31 +77,40 @@ def test_count(node: Node) -> None:
 
 
 def test_tail_follows_new_events(node: Node) -> None:
-    """Tail starts after what is stored and prints what comes next, in order. When it has
-    started is not observable, so batches are published until one comes out: the first
-    line printed must be from one of them, never the event stored before."""
     publish(node, "2026-06-20T12:00:00Z", user="before")
+    with following(node) as (output, _, _):
+        publish(node, "2026-06-20T12:00:01Z", "2026-06-20T12:00:02Z", user="after")
+        lines = [next(output) for _ in range(2)]
+        assert [(e["user_id"], e["event"]) for e in lines] == [("after", "e0"), ("after", "e1")]
+
+
+Following = tuple[Iterator[dict[str, Any]], "queue.Queue[str]", "subprocess.Popen[str]"]
+
+
+@contextlib.contextmanager
+def following(node: Node) -> Iterator[Following]:
+    """``events tail`` running and known to follow (it starts after the newest stored event,
+    whenever it gets there): its records past the probes that showed it, its stderr lines,
+    and the process, interrupted with Ctrl-C at the end."""
     tail = subprocess.Popen(
         [*CLI, "events", "tail", "--data-dir", str(node.data_dir)],
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        assert tail.stdout is not None
+        assert tail.stdout is not None and tail.stderr is not None
         output = lines_of(tail.stdout)
-        first = None
-        for attempt in range(TAIL_ATTEMPTS):
-            publish(node, "2026-06-20T12:00:01Z", "2026-06-20T12:00:02Z", user=f"after{attempt}")
+        for attempt in range(40):
+            publish(node, "2026-06-20T12:00:00Z", user=f"probe{attempt}")
             with contextlib.suppress(queue.Empty):
-                first = json.loads(output.get(timeout=0.5))
+                output.get(timeout=0.5)
                 break
-        assert first is not None, f"tail printed nothing in {TAIL_ATTEMPTS} batches"
-        second = json.loads(output.get(timeout=10))
-        user = first["user_id"]
-        assert user.startswith("after")
-        assert [(e["user_id"], e["event"]) for e in (first, second)] == [(user, "e0"), (user, "e1")]
+        records = (json.loads(output.get(timeout=10)) for _ in itertools.count())
+        events = (r for r in records if not r["user_id"].startswith("probe"))
+        yield events, lines_of(tail.stderr), tail
     finally:
-        tail.terminate()
+        tail.send_signal(signal.SIGINT)
         tail.wait(10)
 
 
@@ -117,3 +128,82 @@ def test_env_var_data_dir(node: Node) -> None:
         [*CLI, "events", "count"], env=env, capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "1"
+
+
+# Rows an older server stored, or a hand edit left, that cannot be exported as they are:
+# (timestamp, received_at, properties), written straight into the store with sqlite3.
+YEAR_1_UTC = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z in microseconds since the epoch
+BAD_ROWS = {
+    "OverflowError": (YEAR_1_UTC - 3_600_000_000, 0, "{}"),  # 0001-01-01T00:00:00+01:00
+    "JSON": (0, 0, "{not json"),
+    "UTF-8": (0, 0, b'{"a":"\xff"}'),
+    "received_at": (0, 2**62, "{}"),
+}
+
+
+def store_bad_rows(node: Node) -> None:
+    with sqlite3.connect(node.data_dir / "trubrics.db") as conn:
+        for index, (at, received_at, properties) in enumerate(BAD_ROWS.values()):
+            conn.execute(
+                "INSERT INTO events (id, project, user_id, event, timestamp, thread_id, properties,"
+                " received_at, source) VALUES (?, ?, 'u', 'bad', ?, NULL, ?, ?, 'event')",
+                (f"bad-{index}", node.project, at, properties, received_at),
+            )
+    conn.close()
+
+
+def test_export_skips_and_names_unreadable_rows_and_writes_the_rest(node: Node) -> None:
+    publish(node, "2026-06-20T12:00:00Z")
+    node.cli("events", "count")  # materialised, so the bad rows come after it
+    store_bad_rows(node)
+    publish(node, "2026-06-20T12:00:01Z")
+    for fmt in ("ndjson", "csv"):
+        done = node.cli("events", "export", "--format", fmt, check=False)
+        assert done.returncode == 1, done.stderr
+        lines = done.stdout.splitlines()
+        events = (
+            [json.loads(line)["event"] for line in lines]
+            if fmt == "ndjson"
+            else [row["event"] for row in csv.DictReader(io.StringIO(done.stdout))]
+        )
+        assert events == ["e0", "e0"], done.stdout
+        skipped = [line for line in done.stderr.splitlines() if line.startswith("skipped")]
+        assert [line.split(":")[0] for line in skipped] == [
+            f"skipped stored event seq {seq}" for seq in range(2, 2 + len(BAD_ROWS))
+        ]
+        assert "OverflowError" in skipped[0] and "UnicodeDecodeError" in done.stderr
+        assert f"{len(BAD_ROWS)} stored event(s) could not be read" in done.stderr
+    assert node.cli("events", "count").stdout.strip() == str(2 + len(BAD_ROWS))
+
+
+def test_tail_skips_an_unreadable_row_and_goes_on(node: Node) -> None:
+    with following(node) as (output, errors, tail):
+        store_bad_rows(node)
+        publish(node, "2026-06-20T12:00:01Z", user="after")
+        assert next(output)["user_id"] == "after"
+        reasons = [errors.get(timeout=10) for _ in BAD_ROWS]
+        assert all(line.startswith("skipped stored event seq") for line in reasons), reasons
+    assert tail.returncode == 1, "interrupted after skipping rows"
+
+
+FORMULAS = ["=HYPERLINK(\"http://x.example\",\"y\")", "=cmd|' /C calc'!A0", "+1+1", "-2+3",
+            "@SUM(1)", "\t=1", "\r=1"]  # fmt: skip
+
+
+def test_csv_cells_never_start_a_formula_and_ndjson_stays_exact(node: Node) -> None:
+    batch = [
+        {"user_id": text, "event": text, "timestamp": "2026-06-20T12:00:00Z",
+         "properties": {"$thread_id": text}}
+        for text in FORMULAS
+    ]  # fmt: skip
+    assert node.post("/publish_events", batch).status_code == 200
+    args = ["events", "export", "--format", "csv", "--data-dir", str(node.data_dir)]
+    out = subprocess.run([*CLI, *args], capture_output=True, timeout=60, check=True).stdout
+    rows = list(csv.DictReader(io.StringIO(out.decode(), newline="")))  # "\r" kept as sent
+    for row, text in zip(rows, FORMULAS, strict=True):
+        for column in ("user_id", "event", "thread_id"):
+            assert row[column] == "'" + text, (column, row[column])
+        assert json.loads(row["properties"]) == {"$thread_id": text}
+    assert [(e["user_id"], e["event"], e["thread_id"]) for e in node.export()] == [
+        (text, text, text) for text in FORMULAS
+    ]

@@ -80,3 +80,53 @@ def test_per_project_rate_limit(make_node) -> None:  # type: ignore[no-untyped-d
     time.sleep(1.0)  # 10 events' worth
     assert node.post("/publish_events", [{**EVENT, "user_id": "later"}] * 5).status_code == 200
     assert len(node.export()) == 3 * 100 + 1 + 5
+
+
+def escaped(batch: list[dict[str, object]], stamp: str) -> bytes:
+    """``batch`` as JSON with each ``"timestamp"`` written as ``stamp``: JSON text, so its
+    escapes are what the decoder sees and the raw bytes do not show."""
+    return json.dumps(batch).replace('"@STAMP@"', f'"{stamp}"').encode()
+
+
+def test_timestamps_out_of_range_are_refused_however_they_are_written(node: Node) -> None:
+    event = {**EVENT, "timestamp": "@STAMP@"}
+    llm = {"user_id": "u", "prompt": "p", "generation": "g", "timestamp": "@STAMP@"}
+    refused = [
+        ("/publish_events", escaped([event], "\\u0030001-01-01T00:00:00+01:00")),
+        ("/publish_events", escaped([event], "\\u0039999-12-31T23:59:59-23:59")),
+        ("/publish_events", escaped([EVENT, event], "9999-12-31T23:59:59\\u002d23:59")),
+        ("/publish_llm_events", escaped([{**llm, "latency": 3600}], "\\u0030001-01-01T00:30:00Z")),
+        ("/publish_llm_events", escaped([llm], "\\u0039999-12-31T23:59:59-00:01")),
+    ]
+    for path, body in refused:
+        response = node.post(path, data=body, headers={"content-type": "application/json"})
+        assert response.status_code == 422, (body, response.text)
+        (error,) = response.json()["detail"]
+        assert error["loc"][2] == "timestamp" and error["type"] == "datetime_out_of_range", error
+    edge = escaped([event], "\\u0030001-01-01T01:00:00+01:00")  # exactly year 1 in UTC
+    assert node.post("/publish_events", data=edge).status_code == 200
+    exported = node.cli("events", "export", check=False)
+    assert exported.returncode == 0, exported.stderr
+    assert [json.loads(line)["timestamp"] for line in exported.stdout.splitlines()] == [
+        "0001-01-01T00:00:00.000000Z"
+    ]
+
+
+def test_the_422_names_every_bad_event_whatever_failed_first(make_node) -> None:  # type: ignore[no-untyped-def]
+    node: Node = make_node(env={"TRUBRICS_MAX_DEPTH": "3", "TRUBRICS_MAX_EVENT_BYTES": "2048"})
+    batch = [
+        {**EVENT, "timestamp": "@STAMP@"},
+        {**EVENT, "properties": nested(4)},
+        {**EVENT, "user_id": ""},
+        {**EVENT, "properties": {"text": "x" * 3000}},
+    ]
+    body = escaped(batch, "\\u0030001-01-01T00:00:00+01:00")
+    response = node.post("/publish_events", data=body)
+    assert response.status_code == 422
+    assert [(e["loc"], e["type"]) for e in response.json()["detail"]] == [
+        (["body", 0, "timestamp"], "datetime_out_of_range"),
+        (["body", 1, "properties"], "too_deep"),
+        (["body", 2, "user_id"], "string_too_short"),
+        (["body", 3], "too_large"),
+    ]
+    assert node.export() == []

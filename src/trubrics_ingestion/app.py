@@ -43,7 +43,7 @@ from .limits import PayloadLimits
 from .logs import AccessLog
 from .metrics import CONTENT_TYPE, ENDPOINTS, Metrics
 from .ratelimit import RateLimiter
-from .schema import Kind, decode_batch
+from .schema import Kind
 
 log = logging.getLogger("trubrics_ingestion.app")
 T = TypeVar("T")
@@ -295,8 +295,7 @@ class IngestionApp:
     ) -> Reply:
         body = await read_body(receive, headers, self._max_body_bytes, hold)
         exchange.body_bytes = len(body)
-        items = decode_batch(body, kind)
-        self._limits.check(body, items)
+        items = self._limits.decode(body, kind)
         idempotency_key = _idempotency_key(headers)
         if not items:
             return 200, b'{"status":"success","events":0}', _JSON

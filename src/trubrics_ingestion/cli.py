@@ -607,14 +607,20 @@ def events_count(project: str | None, data_dir: Path) -> None:
 def events_export(
     project: str | None, since: int | None, until: int | None, fmt: str, data_dir: Path
 ) -> None:
-    """Write events to standard output, oldest stored first."""
-    records = events.export(_open(data_dir), project=project, since=since, until=until)
+    """Write events to standard output, oldest stored first (CSV cells that a spreadsheet
+    would run as formulas get a leading '). A stored event that cannot be read is skipped
+    and named on stderr; the exit status is then 1, once all the others are written."""
+    skipped = events.Skipped()
+    records = events.export(
+        _open(data_dir), project=project, since=since, until=until, on_unreadable=skipped
+    )
     if fmt == "csv":
         for chunk in events.to_csv_lines(records):
             click.echo(chunk, nl=False)
     else:
         for record in records:
             click.echo(events.to_ndjson(record))
+    _fail_if_skipped(skipped)
 
 
 @events_group.command(name="materialise")
@@ -647,9 +653,19 @@ def events_materialise(
 @click.option("--project", help="Only this project.")
 @data_dir_option
 def events_tail(project: str | None, data_dir: Path) -> None:
-    """Follow new events as NDJSON until interrupted."""
+    """Follow new events as NDJSON until interrupted (an unreadable stored event is skipped
+    and named on stderr, as by export)."""
+    skipped = events.Skipped()
     try:
-        for record in events.tail(_open(data_dir), project=project):
+        for record in events.tail(_open(data_dir), project=project, on_unreadable=skipped):
             click.echo(events.to_ndjson(record))
     except KeyboardInterrupt:
         pass
+    _fail_if_skipped(skipped)
+
+
+def _fail_if_skipped(skipped: events.Skipped) -> None:
+    if skipped.count:
+        raise click.ClickException(
+            f"{skipped.count} stored event(s) could not be read and were skipped (see above)."
+        )

@@ -1,28 +1,24 @@
-"""Per-event limits the schema cannot express: an event's size, its properties' depth, and
-timestamps that stay within what can be stored and exported once converted to UTC.
+"""Per-event limits the schema cannot express: an event's size and its properties' depth.
+(Timestamps that leave the storable range are refused while decoding: see ``schema``.)
 
-The checks are arranged so that an ordinary batch pays almost nothing: no event can be
-larger than the whole body; properties cannot nest deeper than the number of JSON
-containers the body holds beyond the batch, its events and their property objects
-(counted in C with ``bytes.count``); and only a year 0001 or 9999 can leave the range.
-Only a batch that could break a limit is walked.
+Both are judged per event, so that the 422 names each one over a limit, along with every
+other error of the batch. They are arranged so that an ordinary batch pays almost nothing:
+no event can be larger than the whole body, and properties cannot nest deeper than the
+JSON containers the body holds beyond the batch, its events and their property objects
+(counted in C with ``bytes.count``). Only a batch that could break a limit is walked.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
 from .errors import InvalidPayload
-from .expand import to_micros
-from .schema import Item
+from .schema import Item, Kind, decode_batch
 
 _CONTAINERS = (dict, list)
-_MIN_MICROS = to_micros(datetime.min.replace(tzinfo=UTC))
-_MAX_MICROS = to_micros(datetime.max.replace(tzinfo=UTC))
 _split_items = msgspec.json.Decoder(list[msgspec.Raw]).decode
 
 
@@ -31,63 +27,87 @@ class PayloadLimits:
     max_event_bytes: int
     max_depth: int  # the properties object itself is level 1
 
-    def check(self, body: bytes, items: list[Item]) -> None:
-        """Raise ``InvalidPayload`` naming every event over a limit."""
-        errors = self._size_errors(body) + self._depth_errors(body, items)
-        errors += _time_errors(body, items)
+    def decode(self, body: bytes, kind: Kind) -> list[Item]:
+        """The batch's items, or ``InvalidPayload`` naming every event that is invalid or
+        over a limit, in batch order."""
+        try:
+            items = decode_batch(body, kind)
+        except InvalidPayload as invalid:
+            if any(len(error["loc"]) < 2 for error in invalid.detail):
+                raise  # the batch as a whole is wrong: there are no events to judge
+            errors = self._errors(body, _properties_of(body)) + invalid.detail
+            raise InvalidPayload(sorted(errors, key=_item_index)) from None
+        if self._may_be_too_deep(body, items):
+            errors = self._errors(body, [item.properties for item in items])
+        else:
+            errors = self._size_errors(body)
         if errors:
-            raise InvalidPayload(sorted(errors, key=lambda error: error["loc"][1]))
+            raise InvalidPayload(sorted(errors, key=_item_index))
+        return items
+
+    def _errors(self, body: bytes, properties: list[Any]) -> list[dict[str, Any]]:
+        """Every event over a limit, ``properties`` being each event's (or None)."""
+        msg = f"Properties nest deeper than {self.max_depth} levels."
+        too_deep = [
+            _error(index, "properties", msg, "too_deep")
+            for index, value in enumerate(properties)
+            if isinstance(value, dict) and _deeper_than(value, self.max_depth)
+        ]
+        return self._size_errors(body) + too_deep
 
     def _size_errors(self, body: bytes) -> list[dict[str, Any]]:
         if len(body) <= self.max_event_bytes:
             return []
+        try:
+            raws = _split_items(body)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            return []  # not a list of values: the decoder's errors say why
+        msg = f"Event is larger than {self.max_event_bytes} bytes."
         return [
-            _error(index, None, f"Event is larger than {self.max_event_bytes} bytes.", "too_large")
-            for index, raw in enumerate(_split_items(body))
+            _error(index, None, msg, "too_large")
+            for index, raw in enumerate(raws)
             if len(raw) > self.max_event_bytes
         ]
 
-    def _depth_errors(self, body: bytes, items: list[Item]) -> list[dict[str, Any]]:
+    def _may_be_too_deep(self, body: bytes, items: list[Item]) -> bool:
+        """False only if no event's properties can nest deeper than ``max_depth``.
+
+        Every container of a decoded value was written as a literal ``{`` or ``[`` in the
+        body (an escaped ``\\u007b`` is in a string, never a container), so the body holds
+        at least one such byte per container: the batch, each event, each properties
+        object, and the levels below. Bytes inside strings, and in unknown fields, are
+        counted too; that only makes the count larger, so it may walk for nothing but can
+        never skip a deep object."""
         property_objects = sum(1 for item in items if item.properties is not None)
-        nested = body.count(b"{") + body.count(b"[") - 1 - len(items) - property_objects
-        if nested < self.max_depth:  # cannot be deeper than the containers it holds, plus 1
-            return []
-        msg = f"Properties nest deeper than {self.max_depth} levels."
-        return [
-            _error(index, "properties", msg, "too_deep")
-            for index, item in enumerate(items)
-            if item.properties is not None and _depth(item.properties) > self.max_depth
-        ]
+        below = body.count(b"{") + body.count(b"[") - 1 - len(items) - property_objects
+        return below >= self.max_depth  # levels below the properties object, at most
 
 
-def _time_errors(body: bytes, items: list[Item]) -> list[dict[str, Any]]:
-    if b'"0001-' not in body and b'"9999-' not in body:
-        return []
-    msg = "Timestamp is out of range once converted to UTC (years 1 to 9999)."
-    return [
-        _error(index, "timestamp", msg, "datetime_out_of_range")
-        for index, item in enumerate(items)
-        if item.timestamp is not None and not _storable(item)
-    ]
+def _properties_of(body: bytes) -> list[Any]:
+    """Each event's properties, in a batch the decoder refused event by event (a list)."""
+    items: list[Any] = msgspec.json.decode(body)
+    return [item.get("properties") if isinstance(item, dict) else None for item in items]
 
 
-def _storable(item: Item) -> bool:
-    """Whether the event's time, and for an LLM event its prompt's time, are in range."""
-    at = to_micros(item.timestamp) if item.timestamp is not None else 0
-    earliest = at - round((getattr(item, "latency", None) or 0) * 1_000_000)
-    return earliest >= _MIN_MICROS and at <= _MAX_MICROS
+def _deeper_than(value: dict[str, Any], limit: int) -> bool:
+    """Whether a JSON object nests deeper than ``limit`` levels (itself is level 1): level
+    by level, without recursion, stopping at ``limit``."""
+    level: list[Any] = [value]
+    for _ in range(limit):
+        below = []
+        for container in level:
+            for child in container.values() if isinstance(container, dict) else container:
+                if isinstance(child, _CONTAINERS):
+                    below.append(child)
+        if not below:
+            return False
+        level = below
+    return True
 
 
-def _depth(value: dict[str, Any]) -> int:
-    """Nesting depth of a JSON object (an object of scalars is 1), without recursion."""
-    deepest = 0
-    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(value, 1)]
-    while stack:
-        container, depth = stack.pop()
-        deepest = max(deepest, depth)
-        children = container.values() if isinstance(container, dict) else container
-        stack.extend((child, depth + 1) for child in children if isinstance(child, _CONTAINERS))
-    return deepest
+def _item_index(error: dict[str, Any]) -> int:
+    index: int = error["loc"][1]
+    return index
 
 
 def _error(index: int, field: str | None, msg: str, kind: str) -> dict[str, Any]:

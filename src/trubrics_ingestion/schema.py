@@ -7,12 +7,18 @@ shape. Both paths use the same annotated types, so they cannot disagree.
 
 Unknown fields are ignored on purpose: the real SDKs send some (``event_type`` in older
 versions, ``thread_id`` at the top level of LLM events).
+
+Every timestamp must stay within years 1 to 9999 once converted to UTC, and an LLM event's
+prompt time (its timestamp minus the latency) too, or the row could be neither stored nor
+exported. JSON Schema cannot say so; the structs check it as they are decoded
+(``__post_init__``), on the decoded value, so a timestamp written with JSON escapes is
+judged like any other; the slow path runs the same check.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -26,6 +32,23 @@ NonEmptyStr = Annotated[str, Meta(min_length=1)]
 MAX_LATENCY_S = 7 * 24 * 3600  # longer is a mistake, and would push timestamps out of range
 Seconds = Annotated[float, Meta(ge=0, le=MAX_LATENCY_S)]
 Properties = dict[str, Any]
+TIME_RANGE_MSG = "Timestamp is out of range once converted to UTC (years 1 to 9999)"
+# A UTC offset is under a day and a latency at most 7 days: only these years can leave the range.
+_EDGE_YEARS = (1, 9999)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def storable(moment: datetime | None, latency: float | None = None) -> bool:
+    """Whether an event at ``moment`` (naive is UTC), and a prompt ``latency`` seconds
+    before it, can be stored and exported: both within years 1 to 9999 in UTC."""
+    if moment is None or moment.year not in _EDGE_YEARS:
+        return True
+    try:  # the same arithmetic as ``expand``: to UTC, then whole microseconds of latency
+        utc = moment.astimezone(UTC) if moment.tzinfo is not None else moment
+        utc - round((latency or 0) * 1_000_000) * _MICROSECOND
+    except OverflowError:
+        return False
+    return True
 
 
 class Event(Struct):
@@ -35,6 +58,10 @@ class Event(Struct):
     event: NonEmptyStr
     timestamp: datetime
     properties: Properties | None = None
+
+    def __post_init__(self) -> None:
+        if not storable(self.timestamp):
+            raise ValueError(TIME_RANGE_MSG)
 
 
 class LLMEvent(Struct):
@@ -50,6 +77,10 @@ class LLMEvent(Struct):
     generation_event_name: NonEmptyStr | None = None
     properties: Properties | None = None
     thread_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not storable(self.timestamp, self.latency):
+            raise ValueError(TIME_RANGE_MSG)
 
 
 Kind = Literal["event", "llm"]
@@ -95,6 +126,7 @@ def _item_errors(index: int, item: Any, kind: Kind) -> list[dict[str, Any]]:
     if not isinstance(item, dict):
         return [_error(["body", index], "Input should be a valid object.", "dict_type")]
     errors = []
+    values: dict[str, Any] = {}
     for field in _FIELDS[kind]:
         loc: list[str | int] = ["body", index, field.name]
         if field.name not in item:
@@ -102,9 +134,13 @@ def _item_errors(index: int, item: Any, kind: Kind) -> list[dict[str, Any]]:
                 errors.append(_error(loc, "Field required.", "missing"))
             continue
         try:
-            msgspec.convert(item[field.name], field.type)
+            values[field.name] = msgspec.convert(item[field.name], field.type)
         except msgspec.ValidationError as exc:
             errors.append(_validation_error(loc, str(exc)))
+    judged = not {error["loc"][2] for error in errors} & {"timestamp", "latency"}
+    if judged and not storable(values.get("timestamp"), values.get("latency")):
+        loc = ["body", index, "timestamp"]
+        errors.append(_error(loc, TIME_RANGE_MSG + ".", "datetime_out_of_range"))
     return errors
 
 
