@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,7 +148,7 @@ def test_serve_warns_of_argv_passwords_and_children_get_only_what_they_need(
     key = create_key(data_dir, "argv")["key"]
     env = {
         "TRUBRICS_INIT_PROJECT": "seeded",
-        "TRUBRICS_INIT_API_KEY": "trb_" + "k" * 40,
+        "TRUBRICS_INIT_API_KEY": "trb_" + secrets.token_urlsafe(32),
         "TRUBRICS_MAX_DEPTH": "9",
         "PGPASSWORD": "not-for-materialisers",
     }
