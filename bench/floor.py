@@ -19,11 +19,13 @@ from pathlib import Path
 
 import uvicorn
 
-from trubrics_ingestion import keys, logs, store
-from trubrics_ingestion.app import build_app
-from trubrics_ingestion.auth import KeyCache
 from trubrics_ingestion.config import Settings
-from trubrics_ingestion.server import uvicorn_config
+from trubrics_ingestion.ingest.app import build_app
+from trubrics_ingestion.keys import local as keys
+from trubrics_ingestion.keys.cache import KeyCache
+from trubrics_ingestion.node import logs
+from trubrics_ingestion.node.server import uvicorn_config
+from trubrics_ingestion.store import sqlite as store
 
 
 class NullSink:

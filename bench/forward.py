@@ -48,7 +48,7 @@ from trubrics_ingestion.forward import Forwarder, open_sink, parse_sink_url
 from trubrics_ingestion.forward.clickhouse import encode_json_lines
 from trubrics_ingestion.forward.cursors import read_batch, reset
 from trubrics_ingestion.forward.postgres import encode_copy
-from trubrics_ingestion.store import connect
+from trubrics_ingestion.store.sqlite import connect
 
 TARGET = 100_000
 BACKLOG_EVENTS = 400_000

@@ -44,8 +44,8 @@ from trubrics_ingestion.forward.clickhouse import (
 )
 from trubrics_ingestion.forward.cursors import read_batch
 from trubrics_ingestion.forward.sink import Row
-from trubrics_ingestion.materialise import catch_up
-from trubrics_ingestion.store import connect
+from trubrics_ingestion.store.materialise import catch_up
+from trubrics_ingestion.store.sqlite import connect
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SECTION = "## Querying the events"

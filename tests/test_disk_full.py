@@ -430,8 +430,8 @@ def test_a_batch_refused_after_a_disk_error_is_stored_when_retried(tmp_path: Pat
     """503 says "nothing was stored, retry"; the retry, with the identical body, as the
     SDKs send it, must then be stored, not waved through as an already-stored duplicate."""
     from trubrics_ingestion.errors import StorageUnavailable
-    from trubrics_ingestion.journal import Entry, Journal
-    from trubrics_ingestion.store import connect
+    from trubrics_ingestion.store.journal import Entry, Journal
+    from trubrics_ingestion.store.sqlite import connect
 
     database = tmp_path / "trubrics.db"
     conn = connect(database)

@@ -31,8 +31,6 @@ import pytest
 
 from conftest import send_rows, wait_until
 from engines import ClickHouseCluster, PostgresServer
-from trubrics_ingestion import events as store_events
-from trubrics_ingestion.expand import to_micros
 from trubrics_ingestion.forward import (
     Forwarder,
     SinkUrlError,
@@ -46,8 +44,10 @@ from trubrics_ingestion.forward import (
 from trubrics_ingestion.forward import postgres as postgres_sink
 from trubrics_ingestion.forward.forwarder import Backoff
 from trubrics_ingestion.forward.postgres import encode_copy, json_without_nul
-from trubrics_ingestion.materialise import catch_up
-from trubrics_ingestion.store import connect
+from trubrics_ingestion.store import read as store_events
+from trubrics_ingestion.store.expand import to_micros
+from trubrics_ingestion.store.materialise import catch_up
+from trubrics_ingestion.store.sqlite import connect
 
 PROJECT = "demo"
 JOURNAL = "INSERT INTO journal (project, source, received_at, body) VALUES (?, ?, ?, ?)"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from trubrics_ingestion.ids import event_id, id_factory
+from trubrics_ingestion.store.ids import event_id, id_factory
 
 
 def test_ids_are_uuid7_with_the_receive_time() -> None:

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from conftest import CLI, Node, is_gone, materialisers_of, wait_until
-from trubrics_ingestion import store
-from trubrics_ingestion.materialise import Shard
+from trubrics_ingestion.store import sqlite as store
+from trubrics_ingestion.store.materialise import Shard
 
 EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
 

@@ -17,13 +17,13 @@ import uvicorn
 
 from conftest import Node, Samples, create_key, materialisers_of, scrape, value, wait_until
 from engines import free_port
-from trubrics_ingestion import store
-from trubrics_ingestion.app import build_app
-from trubrics_ingestion.auth import KeyCache
 from trubrics_ingestion.config import Settings
-from trubrics_ingestion.journal import Journal
-from trubrics_ingestion.keys import StoreKeys
-from trubrics_ingestion.server import uvicorn_config
+from trubrics_ingestion.ingest.app import build_app
+from trubrics_ingestion.keys.cache import KeyCache
+from trubrics_ingestion.keys.local import StoreKeys
+from trubrics_ingestion.node.server import uvicorn_config
+from trubrics_ingestion.store import sqlite as store
+from trubrics_ingestion.store.journal import Journal
 
 EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
 LLM = {"user_id": "u", "prompt": "p", "generation": "g"}

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import CLI, Node, cli, create_key
 from engines import free_port
-from trubrics_ingestion import store
+from trubrics_ingestion.store import sqlite as store
 
 EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
 ROW = ("0190-id", "demo", "u", "e", 1, "t", "{}", 2, "event")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trubrics_ingestion.forward.urls import SinkUrlError, parse_sink_url, read_url_file, redact
+from trubrics_ingestion.urls import SinkUrlError, parse_sink_url, read_url_file, redact
 
 # A password with every character a URL parser splits on, unencoded.
 UNENCODED = [

@@ -18,10 +18,14 @@ import click
 import msgspec
 from click.core import ParameterSource
 
-from . import events, keys, logs, materialise, store
-from .auth import weakness
 from .config import Settings
-from .forward.urls import SinkUrl, SinkUrlError, parse_sink_url, read_url_file
+from .keys import local as keys
+from .keys.cache import weakness
+from .node import logs
+from .store import materialise
+from .store import read as events
+from .store import sqlite as store
+from .urls import SinkUrl, SinkUrlError, parse_sink_url, read_url_file
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULTS = Settings()  # every default lives in config.py
@@ -109,7 +113,7 @@ def _registry_url_in(path: Path | None) -> str | None:
 
 
 def _checked_registry(url: str) -> SinkUrl:
-    from .registry import parse_registry_url
+    from .keys.registry import parse_registry_url
 
     try:
         return parse_registry_url(url)
@@ -382,7 +386,7 @@ def serve(
     **options: Any,
 ) -> None:
     """Serve the ingestion API."""
-    from .server import serve as run  # imports uvicorn only for this command
+    from .node.server import serve as run  # imports uvicorn only for this command
 
     run(
         Settings(

@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from .forward.urls import SinkUrl
+from .urls import SinkUrl
 
 CONNECT_TIMEOUT_S = 10
 TCP_USER_TIMEOUT_MS = 15_000  # unacknowledged data for this long: the server is gone

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from ..urls import SinkUrl, SinkUrlError, parse_sink_url
 from .cursors import SinkStatus, prune
 from .forwarder import Forwarder, SinkHealth, forward_status, open_sink, run_forever
 from .sink import Row, Sink
-from .urls import SinkUrl, SinkUrlError, parse_sink_url
 
 __all__ = [
     "Forwarder",

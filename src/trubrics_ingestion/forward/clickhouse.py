@@ -55,8 +55,8 @@ from datetime import datetime, timedelta
 
 import msgspec
 
+from ..urls import SinkUrl
 from .sink import Row
-from .urls import SinkUrl
 
 CONNECT_TIMEOUT_S = 10.0
 INSERT_TIMEOUT_S = 120.0

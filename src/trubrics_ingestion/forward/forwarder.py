@@ -29,13 +29,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..store import connect
+from ..store.sqlite import connect
+from ..urls import SinkUrl, SinkUrlError, parse_sink_url
 from . import cursors
 from .clickhouse import ClickHouseSink
 from .cursors import SinkStatus
 from .postgres import PostgresSink
 from .sink import Sink
-from .urls import SinkUrl, SinkUrlError, parse_sink_url
 
 log = logging.getLogger("trubrics_ingestion.forward")
 

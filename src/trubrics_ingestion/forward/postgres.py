@@ -31,8 +31,8 @@ import psycopg
 from psycopg import errors
 
 from .. import pg
+from ..urls import SinkUrl
 from .sink import Row
-from .urls import SinkUrl
 
 STATEMENT_TIMEOUT_MS = 120_000  # a batch that takes longer is retried (idempotently)
 # Bumped when MIGRATIONS grows; the row lives in trubrics_schema(component='events').

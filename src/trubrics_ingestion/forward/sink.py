@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from .. import events
+from ..store import read as events
 
 # One ``events`` row of the node's SQLite store, in this column order.
 COLUMNS = ("seq", *events.COLUMNS)

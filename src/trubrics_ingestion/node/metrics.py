@@ -31,7 +31,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from .errors import REJECTION_REASONS
+from ..errors import REJECTION_REASONS
 
 log = logging.getLogger("trubrics_ingestion.metrics")
 disable_created_metrics()  # type: ignore[no-untyped-call]  # a "_created" series per series doubles a scrape for nothing

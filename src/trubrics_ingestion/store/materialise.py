@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
+from ..schema import Kind, decode_batch
 from .expand import EventRow, expand
 from .ids import id_factory
-from .schema import Kind, decode_batch
-from .store import connect, meta, transaction
+from .sqlite import connect, meta, transaction
 
 log = logging.getLogger("trubrics_ingestion.materialise")
 

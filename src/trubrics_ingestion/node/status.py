@@ -19,8 +19,8 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from .auth import PolledKeyCache
-from .forward import SinkStatus, forward_status, parse_sink_url
+from ..forward import SinkStatus, forward_status, parse_sink_url
+from ..keys.cache import PolledKeyCache
 
 log = logging.getLogger("trubrics_ingestion.status")
 

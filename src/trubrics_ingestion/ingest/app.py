@@ -27,11 +27,8 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 from starlette.middleware.cors import CORSMiddleware
 
-from .access import OperatorAccess
-from .auth import Keys
-from .body import BodyBudget, ClientDisconnected, Hold, read_body
-from .config import Settings
-from .errors import (
+from ..config import Settings
+from ..errors import (
     DuplicateHeader,
     IngestionError,
     InvalidIdempotencyKey,
@@ -39,11 +36,14 @@ from .errors import (
     NotFound,
     ShuttingDown,
 )
+from ..keys.cache import Keys
+from ..node.logs import AccessLog
+from ..node.metrics import CONTENT_TYPE, ENDPOINTS, Metrics
+from ..schema import Kind
+from .access import OperatorAccess
+from .body import BodyBudget, ClientDisconnected, Hold, read_body
 from .limits import PayloadLimits
-from .logs import AccessLog
-from .metrics import CONTENT_TYPE, ENDPOINTS, Metrics
 from .ratelimit import RateLimiter
-from .schema import Kind
 
 log = logging.getLogger("trubrics_ingestion.app")
 T = TypeVar("T")

@@ -15,8 +15,8 @@ import sys
 import threading
 from pathlib import Path
 
-from .config import Settings
-from .materialise import Shard
+from ..config import Settings
+from ..store.materialise import Shard
 
 log = logging.getLogger("trubrics_ingestion.children")
 MATERIALISE = ["events", "materialise", "--follow", "--shard"]

@@ -15,8 +15,8 @@ from typing import Any
 
 import msgspec
 
-from .errors import InvalidPayload
-from .schema import Item, Kind, decode_batch
+from ..errors import InvalidPayload
+from ..schema import Item, Kind, decode_batch
 
 _CONTAINERS = (dict, list)
 _split_items = msgspec.json.Decoder(list[msgspec.Raw]).decode

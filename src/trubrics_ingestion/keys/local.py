@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from .auth import ActiveKey, generate_key, hash_key
-from .store import connect, meta, transaction
+from ..store.sqlite import connect, meta, transaction
+from .cache import ActiveKey, generate_key, hash_key
 
 
 @dataclass(frozen=True)

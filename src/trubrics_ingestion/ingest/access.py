@@ -25,7 +25,7 @@ import ipaddress
 
 from starlette.types import Scope
 
-from .errors import IngestionError, MetricsTokenRequired, OperatorsOnly
+from ..errors import IngestionError, MetricsTokenRequired, OperatorsOnly
 
 _RELAYED = frozenset((b"forwarded", b"x-forwarded-for", b"x-real-ip"))
 

@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from .errors import RateLimited
+from ..errors import RateLimited
 
 MAX_BATCH_EVENTS = 200  # 100 LLM events; a bucket must hold at least one full batch
 

@@ -18,10 +18,10 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from . import pg
-from .auth import ActiveKey
-from .forward.urls import SinkUrl, SinkUrlError, parse_sink_url
-from .keys import KeyInfo, KeyStoreUnavailable, NewKey, chosen_key, new_key, now_us
+from .. import pg
+from ..urls import SinkUrl, SinkUrlError, parse_sink_url
+from .cache import ActiveKey
+from .local import KeyInfo, KeyStoreUnavailable, NewKey, chosen_key, new_key, now_us
 
 STATEMENT_TIMEOUT_MS = 5_000  # a registry that slow is treated as unreachable
 MIGRATIONS = (

@@ -22,7 +22,7 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Protocol
 
-from .errors import RegistryUnavailable, Unauthorized
+from ..errors import RegistryUnavailable, Unauthorized
 
 log = logging.getLogger("trubrics_ingestion.auth")
 

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from .schema import Event, Item, LLMEvent
+from ..schema import Event, Item, LLMEvent
 
 PROMPT_EVENT = "Prompt"
 GENERATION_EVENT = "Generation"

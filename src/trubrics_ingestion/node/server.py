@@ -17,17 +17,18 @@ from importlib.metadata import version
 import uvicorn
 from starlette.types import ASGIApp
 
-from . import logs, store
-from .app import build_app
-from .auth import KeyCache, PolledKeyCache, key_problem, weakness
+from ..config import Settings
+from ..forward import parse_sink_url
+from ..ingest.app import build_app
+from ..ingest.connection import ConnectionLimits, LimitedHttpToolsProtocol
+from ..keys.cache import KeyCache, PolledKeyCache, key_problem, weakness
+from ..keys.local import KeyStore, KeyStoreUnavailable, RegistrySnapshot, open_key_store
+from ..keys.registry import Registry, parse_registry_url
+from ..store import sqlite as store
+from ..store.journal import Journal
+from . import logs
 from .children import background_children
-from .config import Settings
-from .forward import parse_sink_url
-from .journal import Journal
-from .keys import KeyStore, KeyStoreUnavailable, RegistrySnapshot, open_key_store
 from .metrics import Metrics
-from .protocol import ConnectionLimits, LimitedHttpToolsProtocol
-from .registry import Registry, parse_registry_url
 from .status import NodeStatus
 
 log = logging.getLogger("trubrics_ingestion")

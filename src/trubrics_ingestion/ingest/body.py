@@ -18,7 +18,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
-from .errors import InvalidGzip, PayloadTooLarge, ServerBusy, UnsupportedEncoding
+from ..errors import InvalidGzip, PayloadTooLarge, ServerBusy, UnsupportedEncoding
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 _IDENTITY = (b"", b"identity")

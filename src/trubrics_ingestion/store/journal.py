@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import IdempotencyConflict, StorageUnavailable
+from ..node.metrics import Metrics
 from .dedup import DEFAULT_MAX_ENTRIES, DEFAULT_WINDOW_S, RecentBatches, Verdict, batch_digests
-from .errors import IdempotencyConflict, StorageUnavailable
-from .metrics import Metrics
-from .store import connect, transaction
+from .sqlite import connect, transaction
 
 log = logging.getLogger("trubrics_ingestion.journal")
 
