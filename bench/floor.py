@@ -20,15 +20,14 @@ from pathlib import Path
 import uvicorn
 
 from trubrics_ingestion.config import Settings
-from trubrics_ingestion.ingest.app import build_app
 from trubrics_ingestion.keys import local as keys
 from trubrics_ingestion.keys.cache import KeyCache
 from trubrics_ingestion.node import logs
-from trubrics_ingestion.node.server import uvicorn_config
+from trubrics_ingestion.node.server import build_app, uvicorn_config
 from trubrics_ingestion.store import sqlite as store
 
 
-class NullSink:
+class NullJournal:
     """Accepts every batch and keeps nothing: the floor measures HTTP + auth + validation."""
 
     async def append(
@@ -62,7 +61,7 @@ def serve(settings: Settings) -> None:
     key_store = keys.StoreKeys(conn)
     ensure_key(key_store)
     cache = KeyCache(key_store.load_active_keys, refresh_interval_s=settings.key_refresh_interval_s)
-    app = build_app(settings, keys=cache, sink=NullSink())
+    app = build_app(settings, keys=cache, journal=NullJournal())
     try:
         uvicorn.Server(uvicorn_config(app, settings)).run()
     finally:

@@ -31,6 +31,7 @@ import pytest
 
 from conftest import send_rows, wait_until
 from engines import ClickHouseCluster, PostgresServer
+from trubrics_ingestion.clock import to_micros
 from trubrics_ingestion.forward import (
     Forwarder,
     SinkUrlError,
@@ -45,7 +46,6 @@ from trubrics_ingestion.forward import postgres as postgres_sink
 from trubrics_ingestion.forward.forwarder import Backoff
 from trubrics_ingestion.forward.postgres import encode_copy, json_without_nul
 from trubrics_ingestion.store import read as store_events
-from trubrics_ingestion.store.expand import to_micros
 from trubrics_ingestion.store.materialise import catch_up
 from trubrics_ingestion.store.sqlite import connect
 
@@ -455,11 +455,11 @@ def test_prune_deletes_only_what_every_engine_has_and_never_the_newest(
     cursors.advance(store, "a", 1000)
     assert prune(store, sinks, 0) == 0  # b has nothing yet
     cursors.advance(store, "b", 600)
-    assert prune(store, sinks, 3600, now_us=now) == 0  # all too recent
-    assert prune(store, sinks, 0, now_us=now + 1) == 600
+    assert prune(store, sinks, 3600, at_us=now) == 0  # all too recent
+    assert prune(store, sinks, 0, at_us=now + 1) == 600
     assert stored(store) == 400
     cursors.advance(store, "b", 1000)
-    assert prune(store, sinks, 0, now_us=now + 1) == 399  # the newest row stays...
+    assert prune(store, sinks, 0, at_us=now + 1) == 399  # the newest row stays...
     add_events(store, 100)  # ...so new events get seqs above every cursor
     assert store.execute("SELECT min(seq) FROM events").fetchone()[0] == 1000
     assert [s.backlog_rows for s in cursors.read_status(database_of(store), sinks)] == [100, 100]

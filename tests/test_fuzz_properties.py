@@ -25,11 +25,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import Node, create_key
+from trubrics_ingestion.clock import format_time, to_micros
 from trubrics_ingestion.errors import InvalidPayload
 from trubrics_ingestion.ingest.limits import PayloadLimits
 from trubrics_ingestion.schema import MAX_BATCH_ITEMS, MAX_LATENCY_S, Event, LLMEvent, decode_batch
-from trubrics_ingestion.store.expand import expand, to_micros
-from trubrics_ingestion.store.read import format_time
+from trubrics_ingestion.store.expand import expand
 
 LIMITS = PayloadLimits(max_event_bytes=1024 * 1024, max_depth=32)  # the defaults
 

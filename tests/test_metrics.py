@@ -18,10 +18,9 @@ import uvicorn
 from conftest import Node, Samples, create_key, materialisers_of, scrape, value, wait_until
 from engines import free_port
 from trubrics_ingestion.config import Settings
-from trubrics_ingestion.ingest.app import build_app
 from trubrics_ingestion.keys.cache import KeyCache
 from trubrics_ingestion.keys.local import StoreKeys
-from trubrics_ingestion.node.server import uvicorn_config
+from trubrics_ingestion.node.server import build_app, uvicorn_config
 from trubrics_ingestion.store import sqlite as store
 from trubrics_ingestion.store.journal import Journal
 
@@ -248,7 +247,7 @@ def test_a_slow_store_read_does_not_stall_other_requests(tmp_path: Path) -> None
         release.wait(30)
         return {"store": "slow"}
 
-    app = build_app(settings, keys=cache, sink=journal, readiness=slow_readiness)
+    app = build_app(settings, keys=cache, journal=journal, readiness=slow_readiness)
     server = uvicorn.Server(uvicorn_config(app, settings))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -23,7 +23,7 @@ import requests
 
 from conftest import CLI, Node, free_port, wait_until
 from engines import PostgresServer
-from trubrics_ingestion.keys.cache import hash_key
+from trubrics_ingestion.keys.model import hash_key
 
 EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
 REVOCATION_LIMIT_S = 10.0  # what the issue asks of every node

@@ -18,9 +18,10 @@ import click
 import msgspec
 from click.core import ParameterSource
 
+from . import keys
+from .clock import parse_time
 from .config import Settings
-from .keys import local as keys
-from .keys.cache import weakness
+from .keys.model import weakness
 from .node import logs
 from .store import materialise
 from .store import read as events
@@ -164,7 +165,7 @@ def _json(value: Any) -> str:
 
 def _time(_: click.Context, __: click.Parameter, value: str | None) -> int | None:
     try:
-        return None if value is None else events.parse_time(value)
+        return None if value is None else parse_time(value)
     except ValueError:
         raise click.BadParameter(f"not an ISO-8601 time: {value!r}") from None
 

@@ -83,25 +83,25 @@ class LLMEvent(Struct):
             raise ValueError(TIME_RANGE_MSG)
 
 
-Kind = Literal["event", "llm"]
+Source = Literal["event", "llm"]  # which endpoint a batch came to: stored as `source`
 Item = Event | LLMEvent
-STRUCTS: dict[Kind, type[Event] | type[LLMEvent]] = {"event": Event, "llm": LLMEvent}
+STRUCTS: dict[Source, type[Event] | type[LLMEvent]] = {"event": Event, "llm": LLMEvent}
 _DECODERS = {
-    kind: msgspec.json.Decoder(Annotated[list[struct], Meta(max_length=MAX_BATCH_ITEMS)])  # type: ignore[valid-type]
-    for kind, struct in STRUCTS.items()
+    source: msgspec.json.Decoder(Annotated[list[struct], Meta(max_length=MAX_BATCH_ITEMS)])  # type: ignore[valid-type]
+    for source, struct in STRUCTS.items()
 }
-_FIELDS = {kind: msgspec.structs.fields(struct) for kind, struct in STRUCTS.items()}
+_FIELDS = {source: msgspec.structs.fields(struct) for source, struct in STRUCTS.items()}
 
 
-def decode_batch(body: bytes, kind: Kind) -> list[Item]:
+def decode_batch(body: bytes, source: Source) -> list[Item]:
     """Decode and validate a whole batch, or raise ``InvalidPayload`` naming every error."""
     try:
-        return _DECODERS[kind].decode(body)  # type: ignore[no-any-return]
+        return _DECODERS[source].decode(body)  # type: ignore[no-any-return]
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-        raise InvalidPayload(list(_all_errors(body, kind))) from None
+        raise InvalidPayload(list(_all_errors(body, source))) from None
 
 
-def _all_errors(body: bytes, kind: Kind) -> list[dict[str, Any]]:
+def _all_errors(body: bytes, source: Source) -> list[dict[str, Any]]:
     """The slow path: find every problem in a body that failed the fast path."""
     try:
         items = msgspec.json.decode(body)
@@ -117,17 +117,17 @@ def _all_errors(body: bytes, kind: Kind) -> list[dict[str, Any]]:
         msg = f"A batch holds at most {MAX_BATCH_ITEMS} items, got {len(items)}."
         return [_error(["body"], msg, "too_long")]
     errors = [
-        error for index, item in enumerate(items) for error in _item_errors(index, item, kind)
+        error for index, item in enumerate(items) for error in _item_errors(index, item, source)
     ]
     return errors or [_error(["body"], "Invalid payload.", "value_error")]
 
 
-def _item_errors(index: int, item: Any, kind: Kind) -> list[dict[str, Any]]:
+def _item_errors(index: int, item: Any, source: Source) -> list[dict[str, Any]]:
     if not isinstance(item, dict):
         return [_error(["body", index], "Input should be a valid object.", "dict_type")]
     errors = []
     values: dict[str, Any] = {}
-    for field in _FIELDS[kind]:
+    for field in _FIELDS[source]:
         loc: list[str | int] = ["body", index, field.name]
         if field.name not in item:
             if field.required:

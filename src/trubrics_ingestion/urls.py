@@ -28,14 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-Kind = Literal["postgresql", "clickhouse"]
-_SCHEMES: dict[str, tuple[Kind, bool]] = {  # scheme -> (kind, over TLS)
+Engine = Literal["postgresql", "clickhouse"]
+_SCHEMES: dict[str, tuple[Engine, bool]] = {  # scheme -> (kind, over TLS)
     "postgresql": ("postgresql", False),
     "postgres": ("postgresql", False),
     "clickhouse": ("clickhouse", False),
     "clickhouses": ("clickhouse", True),
 }
-_DEFAULT_PORTS: dict[tuple[Kind, bool], int] = {
+_DEFAULT_PORTS: dict[tuple[Engine, bool], int] = {
     ("postgresql", False): 5432,
     ("clickhouse", False): 8123,
     ("clickhouse", True): 8443,
@@ -64,7 +64,7 @@ class SinkUrlError(ValueError):
 class SinkUrl:
     """A parsed engine URL."""
 
-    kind: Kind
+    kind: Engine
     host: str
     port: int
     database: str
@@ -222,7 +222,7 @@ def _secure(by_scheme: bool, value: str | None, text: str) -> bool:
     return secure
 
 
-def _default_database(kind: Kind) -> str:
+def _default_database(kind: Engine) -> str:
     return "postgres" if kind == "postgresql" else "default"
 
 

@@ -12,11 +12,11 @@ would never be forwarded. Pruning therefore always keeps the newest row.
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..clock import now_us
 from .sink import COLUMNS, Row
 
 # Idempotent; store.py's migrations will take it over.
@@ -53,7 +53,7 @@ def advance(conn: sqlite3.Connection, sink: str, seq: int) -> None:
         "INSERT INTO forward_cursors (sink, seq, updated_at) VALUES (?, ?, ?)"
         " ON CONFLICT (sink) DO UPDATE SET seq = max(seq, excluded.seq),"
         " updated_at = excluded.updated_at",
-        (sink, seq, _now_us()),
+        (sink, seq, now_us()),
     )
 
 
@@ -64,7 +64,7 @@ def reset(conn: sqlite3.Connection, sink: str, seq: int = 0) -> None:
     conn.execute(
         "INSERT INTO forward_cursors (sink, seq, updated_at) VALUES (?, ?, ?)"
         " ON CONFLICT (sink) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at",
-        (sink, seq, _now_us()),
+        (sink, seq, now_us()),
     )
 
 
@@ -110,7 +110,7 @@ def _status(conn: sqlite3.Connection, sink: str) -> SinkStatus:
     oldest = conn.execute(
         "SELECT received_at FROM events WHERE seq > ? ORDER BY seq LIMIT 1", (seq,)
     ).fetchone()
-    age = None if oldest is None else max(0.0, (_now_us() - oldest[0]) / 1e6)
+    age = None if oldest is None else max(0.0, (now_us() - oldest[0]) / 1e6)
     return SinkStatus(sink, seq, max(0, newest - seq), age, updated_at)
 
 
@@ -119,7 +119,7 @@ def prune(
     sinks: Sequence[str],
     retention_s: float | None,
     *,
-    now_us: int | None = None,
+    at_us: int | None = None,
 ) -> int:
     """Delete events that every one of ``sinks`` has confirmed and that were received more
     than ``retention_s`` ago; returns how many. ``None`` (the default everywhere) keeps
@@ -132,7 +132,7 @@ def prune(
     delivered = min(cursor(conn, sink) for sink in sinks)
     newest = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
     limit = min(delivered, newest - 1)
-    cutoff = (now_us if now_us is not None else _now_us()) - round(retention_s * 1_000_000)
+    cutoff = (at_us if at_us is not None else now_us()) - round(retention_s * 1_000_000)
     deleted = 0
     while True:
         done = conn.execute(
@@ -143,7 +143,3 @@ def prune(
         deleted += done
         if done < PRUNE_CHUNK:
             return deleted
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000

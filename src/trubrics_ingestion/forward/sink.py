@@ -19,10 +19,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from ..store import read as events
+from ..store.expand import EventRow
 
 # One ``events`` row of the node's SQLite store, in this column order.
-COLUMNS = ("seq", *events.COLUMNS)
+COLUMNS = ("seq", *EventRow._fields)
 Row = tuple[int, str, str, str, str, int, str | None, str, int, str]
 
 

@@ -1,7 +1,7 @@
 """The ASGI application: routing, and turning outcomes into responses.
 
 A publish request flows one way: key -> project (``auth``), body within limits
-(``body``), decode and validate (``schema``), then the sink (the journal) makes it
+(``body``), decode and validate (``schema``), then the journal makes it
 durable, and only then the 200 goes out. This is a plain ASGI class rather than a
 framework route: it is the hot path, and it is small.
 
@@ -19,15 +19,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from importlib import resources
 from typing import Any, Protocol, TypeVar
 
 import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import Message, Receive, Scope, Send
 
-from ..config import Settings
+from ..clock import now_us
 from ..errors import (
     DuplicateHeader,
     IngestionError,
@@ -36,10 +37,7 @@ from ..errors import (
     NotFound,
     ShuttingDown,
 )
-from ..keys.cache import Keys
-from ..node.logs import AccessLog
-from ..node.metrics import CONTENT_TYPE, ENDPOINTS, Metrics
-from ..schema import Kind
+from ..schema import Source
 from .access import OperatorAccess
 from .body import BodyBudget, ClientDisconnected, Hold, read_body
 from .limits import PayloadLimits
@@ -48,21 +46,25 @@ from .ratelimit import RateLimiter
 log = logging.getLogger("trubrics_ingestion.app")
 T = TypeVar("T")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
 Headers = Sequence[tuple[bytes, bytes]]
 Reply = tuple[int, bytes, Headers]
 
 PREFIX = "/api/ingestion"  # the hosted service's path; both host styles work
-PUBLISH: dict[str, Kind] = {"/publish_events": "event", "/publish_llm_events": "llm"}
-EXPANSION: dict[Kind, int] = {"event": 1, "llm": 2}  # stored events per item
+ENDPOINTS = (  # every route, as labelled in metrics
+    "/publish_events",
+    "/publish_llm_events",
+    "/healthz",
+    "/readyz",
+    "/openapi.json",
+    "/metrics",
+    "other",  # anything else (404s): paths are the client's to choose, labels are not
+)
+PUBLISH: dict[str, Source] = {"/publish_events": "event", "/publish_llm_events": "llm"}
+EXPANSION: dict[Source, int] = {"event": 1, "llm": 2}  # stored events per item
 CLOSED_BY_CLIENT = 499  # nginx's status for a client gone before its answer: logs only
 MAX_LOGGED_PATH = 256  # a 404's path is the client's text: bounded in the access log
 _JSON: Headers = ((b"content-type", b"application/json"),)
-_TEXT: Headers = ((b"content-type", CONTENT_TYPE.encode()),)
+_TEXT: Headers = ((b"content-type", CONTENT_TYPE_LATEST.encode()),)
 _EXCHANGE = "trubrics.exchange"
 # Headers read as one value: a second copy is refused, never silently preferred.
 SINGLE_VALUED = frozenset(
@@ -72,8 +74,17 @@ _KNOWN = frozenset(ENDPOINTS)
 _encode = msgspec.json.Encoder().encode
 
 
-class Sink(Protocol):
-    """Where accepted batches go; ``append`` returns once the batch is durable."""
+class Keys(Protocol):
+    """What the request path asks of a key cache (``keys.cache``)."""
+
+    async def project_for(self, raw: str | None) -> str:
+        """The project a key writes to, or an ``IngestionError`` (401, 503) saying why not."""
+        ...
+
+
+class Journal(Protocol):
+    """Where accepted batches go (``store.journal``); ``append`` returns once the batch
+    is durable."""
 
     async def append(
         self,
@@ -86,6 +97,28 @@ class Sink(Protocol):
         """True when stored, False when the batch repeats one already stored."""
 
     def ready(self) -> bool: ...
+
+
+class RequestMetrics(Protocol):
+    """What the app counts (``node.metrics``), and the scrape it serves."""
+
+    def request(self, endpoint: str, status: int, seconds: float) -> None: ...
+
+    def accepted(self, project: str, events: int) -> None: ...
+
+    def rejected(self, reason: str, project: str | None) -> None: ...
+
+    def dedup_hit(self) -> None: ...
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format."""
+        ...
+
+
+class AccessLog(Protocol):
+    """Where one line per answered request goes (``node.logs``)."""
+
+    def write(self, fields: dict[str, Any], created: float | None = None) -> None: ...
 
 
 class Exchange:
@@ -129,13 +162,13 @@ class IngestionApp:
         self,
         *,
         keys: Keys,
-        sink: Sink,
+        journal: Journal,
         max_body_bytes: int,
         limits: PayloadLimits,
         rate: RateLimiter,
         budget: BodyBudget,
         openapi: bytes,
-        metrics: Metrics,
+        metrics: RequestMetrics,
         access_log: AccessLog | None,
         cors_origins: Sequence[str],
         readiness: Callable[[], dict[str, Any]] = dict,
@@ -144,7 +177,7 @@ class IngestionApp:
         self._keys = keys
         self._access = access or OperatorAccess()
         self._readiness_details = readiness
-        self._sink = sink
+        self._journal = journal
         self._max_body_bytes = max_body_bytes
         self._limits = limits
         self._rate = rate
@@ -274,19 +307,21 @@ class IngestionApp:
         raise NotFound()
 
     async def _publish(
-        self, scope: Scope, receive: Receive, kind: Kind, exchange: Exchange
+        self, scope: Scope, receive: Receive, source: Source, exchange: Exchange
     ) -> Reply:
-        received_at = time.time_ns() // 1000
+        received_at = now_us()
         headers = _single_valued(scope["headers"])
         project = await self._keys.project_for(_header(headers, b"x-api-key"))
         exchange.project = project
         with self._budget.hold() as hold:
-            return await self._accept(project, kind, headers, receive, hold, received_at, exchange)
+            return await self._accept(
+                project, source, headers, receive, hold, received_at, exchange
+            )
 
     async def _accept(
         self,
         project: str,
-        kind: Kind,
+        source: Source,
         headers: dict[bytes, bytes],
         receive: Receive,
         hold: Hold,
@@ -295,13 +330,13 @@ class IngestionApp:
     ) -> Reply:
         body = await read_body(receive, headers, self._max_body_bytes, hold)
         exchange.body_bytes = len(body)
-        items = self._limits.decode(body, kind)
+        items = self._limits.decode(body, source)
         idempotency_key = _idempotency_key(headers)
         if not items:
             return 200, b'{"status":"success","events":0}', _JSON
-        events = len(items) * EXPANSION[kind]
+        events = len(items) * EXPANSION[source]
         self._rate.take(project, events)
-        stored = await self._sink.append(project, kind, body, received_at, idempotency_key)
+        stored = await self._journal.append(project, source, body, received_at, idempotency_key)
         if stored:
             exchange.events = events
             return 200, b'{"status":"success","events":%d}' % events, _JSON
@@ -311,7 +346,7 @@ class IngestionApp:
     async def _readiness(self, scope: Scope) -> Reply:
         """Ready while batches can be stored; the details, for operators only, say how the
         neighbours are."""
-        if not self._sink.ready():
+        if not self._journal.ready():
             return 503, _NOT_READY, _JSON
         if self._access.refusal(scope) is not None:
             return 200, _READY, _JSON
@@ -333,38 +368,6 @@ def _constant(reply: Reply) -> Callable[[Scope], Awaitable[Reply]]:
         return reply
 
     return page
-
-
-def build_app(
-    settings: Settings,
-    *,
-    keys: Keys,
-    sink: Sink,
-    metrics: Metrics | None = None,
-    readiness: Callable[[], dict[str, Any]] = dict,
-) -> IngestionApp:
-    """The ingestion app, configured by ``settings``. Without ``metrics``, it makes its own;
-    ``readiness`` adds details to ``/readyz`` (the forwarding backlog, the key registry)."""
-    return IngestionApp(
-        keys=keys,
-        readiness=readiness,
-        sink=sink,
-        max_body_bytes=settings.max_body_bytes,
-        limits=PayloadLimits(
-            max_event_bytes=settings.max_event_bytes, max_depth=settings.max_depth
-        ),
-        rate=RateLimiter(
-            events_per_s=settings.rate_limit_events_per_s, burst=settings.rate_limit_burst
-        ),
-        budget=BodyBudget(settings.max_buffered_bytes),
-        openapi=resources.files(__package__).joinpath("openapi.json").read_bytes(),
-        metrics=metrics
-        if metrics is not None
-        else Metrics(database=settings.database_path, per_project=settings.metrics_per_project),
-        access_log=AccessLog() if settings.access_log else None,
-        cors_origins=settings.cors_origins,
-        access=OperatorAccess(settings.metrics_token),
-    )
 
 
 def _normalise(path: str) -> str:

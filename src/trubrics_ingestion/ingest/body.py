@@ -15,12 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import zlib
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from typing import Any
+from collections.abc import Iterator
+
+from starlette.types import Receive
 
 from ..errors import InvalidGzip, PayloadTooLarge, ServerBusy, UnsupportedEncoding
 
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 _IDENTITY = (b"", b"identity")
 _GZIP = (b"gzip", b"x-gzip")
 MAX_GZIP_MEMBERS = 1000  # real clients send one; each costs a header and a trailer

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from ..errors import InvalidPayload
-from ..schema import Item, Kind, decode_batch
+from ..schema import Item, Source, decode_batch
 
 _CONTAINERS = (dict, list)
 _split_items = msgspec.json.Decoder(list[msgspec.Raw]).decode
@@ -27,11 +27,11 @@ class PayloadLimits:
     max_event_bytes: int
     max_depth: int  # the properties object itself is level 1
 
-    def decode(self, body: bytes, kind: Kind) -> list[Item]:
+    def decode(self, body: bytes, source: Source) -> list[Item]:
         """The batch's items, or ``InvalidPayload`` naming every event that is invalid or
         over a limit, in batch order."""
         try:
-            items = decode_batch(body, kind)
+            items = decode_batch(body, source)
         except InvalidPayload as invalid:
             if any(len(error["loc"]) < 2 for error in invalid.detail):
                 raise  # the batch as a whole is wrong: there are no events to judge

@@ -1,20 +1,18 @@
-"""API keys: their format, their hash, and the in-memory cache that maps a key to a project.
+"""The in-memory map from a request's key to its project, kept fresh from a key store.
 
 Only the SHA-256 of a key is ever stored. Looking a request's key up means hashing it and
 finding that hash among the active ones, then confirming with ``hmac.compare_digest``:
 the time taken depends on the hash, never on how many characters of a secret matched.
+``KeyCache`` reads the node's own store on the request path (a local, indexed read);
+``PolledKeyCache`` polls a shared registry from a thread, so requests never wait on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
 import logging
-import math
-import secrets
-import string
 import threading
 import time
 from collections.abc import Callable
@@ -23,99 +21,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import RegistryUnavailable, Unauthorized
+from .model import ActiveKey, hash_key, key_problem
 
 log = logging.getLogger("trubrics_ingestion.auth")
-
-KEY_PREFIX = "trb_"
-MIN_KEY_LENGTH = 16
-MAX_KEY_LENGTH = 256
-MIN_SECRET_BITS = 128  # out of reach of offline guessing, whatever the hash's speed
-FEW_CHARACTERS = 8  # a random secret of 22 or more characters has more distinct ones
-MAKE_A_KEY = """python -c 'import secrets; print("trb_" + secrets.token_urlsafe(32))'"""
-_HEX = (frozenset(string.hexdigits.lower()), frozenset(string.hexdigits.upper()))
-_CLASSES = tuple(
-    (frozenset(chars), len(chars))
-    for chars in (string.ascii_lowercase, string.ascii_uppercase, string.digits, string.punctuation)
-)
-
-
-@dataclass(frozen=True)
-class ActiveKey:
-    """What the cache knows of a usable key: its hash, its public id and its project."""
-
-    key_hash: str
-    key_id: str
-    project: str
-
-
-def generate_key() -> str:
-    """A new secret: a recognisable prefix and 256 random bits, URL-safe."""
-    return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def hash_key(key: str) -> str:
-    """The only form in which a key is stored."""
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def key_problem(raw: str | None) -> str | None:
-    """Why a header value cannot be a key, or None if it could be one. Pure, for testing."""
-    if raw is None:
-        return "Missing x-api-key header."
-    key = raw.strip()
-    if not key:
-        return "Empty x-api-key header."
-    if not MIN_KEY_LENGTH <= len(key) <= MAX_KEY_LENGTH:
-        return "Invalid x-api-key."
-    if not key.isascii() or not key.isprintable() or " " in key:
-        return "Invalid x-api-key."
-    return None
-
-
-def estimated_bits(secret: str) -> float:
-    """The entropy ``secret`` would have if its characters had been drawn at random: the
-    length of its shortest repeating part, times log2 of its alphabet (the classes it uses:
-    lower case, upper case, digits, punctuation; 16 for hex; its distinct characters when
-    fewer than ``FEW_CHARACTERS``). The key prefix counts for nothing.
-
-    Random keys score what they carry; a made-up phrase scores far more than it is worth.
-    So a secret below ``MIN_SECRET_BITS`` is surely guessable, one above it only maybe not:
-    only a generated secret is safe (``MAKE_A_KEY``)."""
-    body = secret.removeprefix(KEY_PREFIX)
-    distinct = frozenset(body)
-    if len(distinct) < FEW_CHARACTERS:
-        alphabet = len(distinct)
-    elif any(distinct <= hex_digits for hex_digits in _HEX):
-        alphabet = 16
-    else:
-        alphabet = sum(size for chars, size in _CLASSES if distinct & chars)
-    return _period(body) * math.log2(alphabet) if alphabet > 1 else 0.0
-
-
-def _period(text: str) -> int:
-    """The length of the shortest part that ``text`` repeats at least twice over
-    (``abcabcab``: 3), else its length (a random text often ends as it starts: no repeat)."""
-    halves = range(1, len(text) // 2 + 1)
-    return next((p for p in halves if text[p:] == text[: len(text) - p]), len(text))
-
-
-def weakness(secret: str) -> str | None:
-    """Why ``secret`` is too guessable to be a key or a token, or None."""
-    bits = estimated_bits(secret)
-    if bits >= MIN_SECRET_BITS:
-        return None
-    return (
-        f"it carries about {bits:.0f} bits of entropy at most, fewer than {MIN_SECRET_BITS},"
-        f" and could be guessed. Generate one instead: {MAKE_A_KEY}"
-    )
-
-
-class Keys(Protocol):
-    """What the request path asks of a key cache."""
-
-    async def project_for(self, raw: str | None) -> str:
-        """The project a key writes to, or an ``IngestionError`` (401, 503) saying why not."""
-        ...
 
 
 class KeySnapshot(Protocol):

@@ -1,105 +1,21 @@
-"""Projects and their keys: what a key store offers, and the node's own SQLite one.
+"""Keys in the node's own SQLite store, and the registry's keys as this node last saw them.
 
-A node keeps its keys in its own store (``StoreKeys``), or, when many nodes share keys,
-in a PostgreSQL registry (``registry.Registry``) with the same methods. Every change bumps
-a keys version in the same transaction, which is how running servers notice it
-(``auth.KeyCache``) without reloading all keys on every request.
+A node keeps its keys in its own store (``StoreKeys``) unless many nodes share keys in a
+PostgreSQL registry (``registry.Registry``, with the same methods). Every change bumps a
+keys version in the same transaction, which is how running servers notice it
+(``cache.KeyCache``) without reloading all keys on every request.
 """
 
 from __future__ import annotations
 
 import contextlib
-import secrets
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
 
+from ..clock import now_us
 from ..store.sqlite import connect, meta, transaction
-from .cache import ActiveKey, generate_key, hash_key
-
-
-@dataclass(frozen=True)
-class KeyInfo:
-    """A key as listed to operators: never the secret, only its last four characters."""
-
-    id: str
-    project: str
-    hint: str
-    created_at: int
-    revoked_at: int | None
-
-
-@dataclass(frozen=True)
-class NewKey:
-    """A key just created: the only moment its secret exists outside the client."""
-
-    id: str
-    project: str
-    key: str
-
-    @property
-    def hint(self) -> str:
-        return "…" + self.key[-4:]
-
-    @property
-    def hash(self) -> str:
-        return hash_key(self.key)
-
-
-def new_key(project: str) -> NewKey:
-    """A fresh random key for ``project`` with a random public id."""
-    return chosen_key(project, generate_key())
-
-
-def chosen_key(project: str, key: str) -> NewKey:
-    """``key`` for ``project`` (an operator's ``TRUBRICS_INIT_API_KEY``, or a fresh one)
-    with a random public id. Never one derived from the key: ids are listed to operators,
-    and a hash prefix would let anyone holding a list test guesses at the key offline.
-    Seeding the same key again, from any node, still adds nothing: stores refuse a second
-    row with the same key hash (the id that stays is the first one's)."""
-    return NewKey("key_" + secrets.token_hex(6), project, key)
-
-
-class KeyStoreUnavailable(Exception):
-    """A remote key store could not be used (unreachable, refused, schema too new); the
-    message names it, without secrets."""
-
-
-class KeyStore(Protocol):
-    """Where a node's keys live: its own store, or a registry shared by many nodes."""
-
-    def create_key(self, project: str) -> NewKey:
-        """Create ``project`` if needed and a new key for it."""
-        ...
-
-    def seed_key(self, project: str, key: str) -> bool:
-        """Register an operator-chosen key; False if it already exists."""
-        ...
-
-    def list_keys(self) -> list[KeyInfo]: ...
-
-    def revoke_key(self, key_id: str) -> bool:
-        """Revoke a key by its public id; False if there is no such active key."""
-        ...
-
-    def load_active_keys(self, known_version: int | None) -> tuple[int, list[ActiveKey] | None]:
-        """The keys version, and the active keys if it differs from ``known_version``."""
-        ...
-
-    def close(self) -> None: ...
-
-
-def open_key_store(registry: str | None, local: Callable[[], sqlite3.Connection]) -> KeyStore:
-    """The shared registry at URL ``registry`` if given, else the node's store (``local``
-    opens it: only when needed)."""
-    if registry:
-        from .registry import Registry, parse_registry_url  # psycopg only when used
-
-        return Registry(parse_registry_url(registry))
-    return StoreKeys(local())
+from .model import ActiveKey, KeyInfo, NewKey, chosen_key, new_key
 
 
 class StoreKeys:
@@ -196,7 +112,3 @@ def _change(conn: sqlite3.Connection) -> Iterator[None]:
     with transaction(conn):
         yield
         conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'keys_version'")
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000

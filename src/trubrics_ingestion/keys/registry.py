@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 import psycopg
 
 from .. import pg
+from ..clock import now_us
 from ..urls import SinkUrl, SinkUrlError, parse_sink_url
-from .cache import ActiveKey
-from .local import KeyInfo, KeyStoreUnavailable, NewKey, chosen_key, new_key, now_us
+from .model import ActiveKey, KeyInfo, KeyStoreUnavailable, NewKey, chosen_key, new_key
 
 STATEMENT_TIMEOUT_MS = 5_000  # a registry that slow is treated as unreachable
 MIGRATIONS = (

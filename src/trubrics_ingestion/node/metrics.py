@@ -21,7 +21,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Histogram,
@@ -32,20 +31,11 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from ..errors import REJECTION_REASONS
+from ..ingest.app import ENDPOINTS
 
 log = logging.getLogger("trubrics_ingestion.metrics")
 disable_created_metrics()  # type: ignore[no-untyped-call]  # a "_created" series per series doubles a scrape for nothing
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
-ENDPOINTS = (
-    "/publish_events",
-    "/publish_llm_events",
-    "/healthz",
-    "/readyz",
-    "/openapi.json",
-    "/metrics",
-    "other",  # anything else (404s): paths are the client's to choose, labels are not
-)
 # Seconds: from a few ms (the floor) to the request deadline.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -192,7 +182,7 @@ class Metrics:
     # --- scraping -----------------------------------------------------------------------
 
     def exposition(self) -> bytes:
-        """The Prometheus text format, ``CONTENT_TYPE``."""
+        """The Prometheus text format."""
         return generate_latest(self.registry)
 
     def close(self) -> None:

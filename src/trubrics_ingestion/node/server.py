@@ -12,22 +12,29 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from importlib import resources
 from importlib.metadata import version
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
 
+from .. import ingest
 from ..config import Settings
-from ..forward import parse_sink_url
-from ..ingest.app import build_app
+from ..ingest import app as http
+from ..ingest.access import OperatorAccess
+from ..ingest.body import BodyBudget
 from ..ingest.connection import ConnectionLimits, LimitedHttpToolsProtocol
-from ..keys.cache import KeyCache, PolledKeyCache, key_problem, weakness
-from ..keys.local import KeyStore, KeyStoreUnavailable, RegistrySnapshot, open_key_store
-from ..keys.registry import Registry, parse_registry_url
+from ..ingest.limits import PayloadLimits
+from ..ingest.ratelimit import RateLimiter
+from ..keys import KeyStore, KeyStoreUnavailable, PolledKeyCache, open_key_cache, open_key_store
+from ..keys.model import key_problem, weakness
 from ..store import sqlite as store
 from ..store.journal import Journal
+from ..urls import parse_sink_url
 from . import logs
 from .children import background_children
+from .logs import AccessLog
 from .metrics import Metrics
 from .status import NodeStatus
 
@@ -46,7 +53,12 @@ def serve(settings: Settings, *, warnings: Sequence[str] = ()) -> None:
         raise SystemExit(1) from None
     key_store = open_key_store(settings.registry, lambda: conn)
     _seed_key(key_store, settings)
-    cache = _key_cache(key_store, settings)
+    cache = open_key_cache(
+        key_store,
+        shared=settings.registry is not None,
+        database=settings.database_path,
+        refresh_interval_s=settings.key_refresh_interval_s,
+    )
     metrics = Metrics(database=settings.database_path, per_project=settings.metrics_per_project)
     status = NodeStatus(
         settings.database_path,
@@ -64,7 +76,9 @@ def serve(settings: Settings, *, warnings: Sequence[str] = ()) -> None:
     children = background_children(settings)
     for child in children:
         child.start()
-    app = build_app(settings, keys=cache, sink=journal, metrics=metrics, readiness=status.readiness)
+    app = build_app(
+        settings, keys=cache, journal=journal, metrics=metrics, readiness=status.readiness
+    )
     log.info("starting", extra={"fields": startup_fields(settings)})
     _hint_if_keyless(key_store, settings)
     config = uvicorn_config(app, settings, on_refused=metrics.refused)
@@ -82,19 +96,36 @@ def serve(settings: Settings, *, warnings: Sequence[str] = ()) -> None:
         conn.close()
 
 
-def _key_cache(key_store: KeyStore, settings: Settings) -> KeyCache | PolledKeyCache:
-    """A remote registry is polled by a thread (requests never wait on the network); the
-    local store is cheap enough to check on the request path."""
-    interval = settings.key_refresh_interval_s
-    if isinstance(key_store, Registry):
-        cache = PolledKeyCache(
-            key_store.load_active_keys,
-            refresh_interval_s=interval,
-            snapshot=RegistrySnapshot(settings.database_path),
-        )
-        cache.start()
-        return cache
-    return KeyCache(key_store.load_active_keys, refresh_interval_s=interval)
+def build_app(
+    settings: Settings,
+    *,
+    keys: http.Keys,
+    journal: http.Journal,
+    metrics: Metrics | None = None,
+    readiness: Callable[[], dict[str, Any]] = dict,
+) -> http.IngestionApp:
+    """The ingestion app, configured by ``settings``. Without ``metrics``, it makes its own;
+    ``readiness`` adds details to ``/readyz`` (the forwarding backlog, the key registry)."""
+    return http.IngestionApp(
+        keys=keys,
+        readiness=readiness,
+        journal=journal,
+        max_body_bytes=settings.max_body_bytes,
+        limits=PayloadLimits(
+            max_event_bytes=settings.max_event_bytes, max_depth=settings.max_depth
+        ),
+        rate=RateLimiter(
+            events_per_s=settings.rate_limit_events_per_s, burst=settings.rate_limit_burst
+        ),
+        budget=BodyBudget(settings.max_buffered_bytes),
+        openapi=resources.files(ingest).joinpath("openapi.json").read_bytes(),
+        metrics=metrics
+        if metrics is not None
+        else Metrics(database=settings.database_path, per_project=settings.metrics_per_project),
+        access_log=AccessLog() if settings.access_log else None,
+        cors_origins=settings.cors_origins,
+        access=OperatorAccess(settings.metrics_token),
+    )
 
 
 def startup_fields(settings: Settings) -> dict[str, object]:
@@ -106,9 +137,7 @@ def startup_fields(settings: Settings) -> dict[str, object]:
         "forward_to": [parse_sink_url(url).display for url in settings.forward_to],
         "forward_retention_s": settings.forward_retention_s,
         "forward_max_backoff_s": settings.forward_max_backoff_s,
-        "key_registry": parse_registry_url(settings.registry).display
-        if settings.registry
-        else None,
+        "key_registry": parse_sink_url(settings.registry).display if settings.registry else None,
         "limits": {
             "max_body_bytes": settings.max_body_bytes,
             "max_event_bytes": settings.max_event_bytes,

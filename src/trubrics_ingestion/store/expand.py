@@ -9,18 +9,16 @@ top-level ``thread_id`` that SDK 1.8 sends.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import msgspec
 
+from ..clock import to_micros
 from ..schema import Event, Item, LLMEvent
 
 PROMPT_EVENT = "Prompt"
 GENERATION_EVENT = "Generation"
 THREAD_KEY = "$thread_id"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 _encode = msgspec.json.Encoder().encode
 
 
@@ -36,13 +34,6 @@ class EventRow(NamedTuple):
     properties: str  # a JSON object
     received_at: int  # microseconds since the Unix epoch, UTC
     source: str  # "event" or "llm"
-
-
-def to_micros(moment: datetime) -> int:
-    """Microseconds since the epoch; a naive timestamp is taken as UTC."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // _MICROSECOND
 
 
 def expand(

@@ -19,9 +19,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from ..errors import IdempotencyConflict, StorageUnavailable
-from ..node.metrics import Metrics
 from .dedup import DEFAULT_MAX_ENTRIES, DEFAULT_WINDOW_S, RecentBatches, Verdict, batch_digests
 from .sqlite import connect, transaction
 
@@ -48,6 +48,29 @@ PROBE_MARGIN_BYTES = 1 << 20  # free space wanted beyond what the failed commit 
 LOCK_POLL_S = 0.0002  # while a materialiser writes: ask for the lock this often
 
 
+class CommitMetrics(Protocol):
+    """What the journal reports (``node.metrics``)."""
+
+    def commit(self, batches: int, seconds: float) -> None: ...
+
+    def commit_failed(self) -> None: ...
+
+    def dedup_evicted(self) -> None: ...
+
+
+class _Uncounted:
+    """``CommitMetrics`` for a journal nobody watches (tools, tests)."""
+
+    def commit(self, batches: int, seconds: float) -> None:
+        pass
+
+    def commit_failed(self) -> None:
+        pass
+
+    def dedup_evicted(self) -> None:
+        pass
+
+
 class Journal:
     """Group-committing writer of acknowledged batches."""
 
@@ -58,10 +81,10 @@ class Journal:
         dedup_window_s: float = DEFAULT_WINDOW_S,
         dedup_max_entries: int = DEFAULT_MAX_ENTRIES,
         max_batches_per_commit: int = 256,
-        metrics: Metrics | None = None,
+        metrics: CommitMetrics | None = None,
     ) -> None:
         self._database = database
-        self._metrics = metrics or Metrics()
+        self._metrics = metrics or _Uncounted()
         self._max_batches = max_batches_per_commit
         self._recent = RecentBatches(window_s=dedup_window_s, max_entries=dedup_max_entries)
         self._pruned_at = 0.0

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from ..schema import Kind, decode_batch
+from ..clock import now_us
+from ..schema import Source, decode_batch
 from .expand import EventRow, expand
 from .ids import id_factory
 from .sqlite import connect, meta, transaction
@@ -127,7 +128,7 @@ def _move_or_quarantine(
         with transaction(conn):
             conn.execute(
                 "INSERT INTO quarantine SELECT *, ?, ? FROM journal WHERE batch = ?",
-                (repr(exc), time.time_ns() // 1000, batch[0]),
+                (repr(exc), now_us(), batch[0]),
             )
             conn.execute("DELETE FROM journal WHERE batch = ?", (batch[0],))
         return 1
@@ -182,7 +183,7 @@ def _oldest_batch(conn: sqlite3.Connection) -> float:
 
 def _rows(journaled: Journaled, node: int) -> Iterator[EventRow]:
     batch, project, source, received_at, body = journaled
-    items = decode_batch(body, cast(Kind, source))
+    items = decode_batch(body, cast(Source, source))
     new_id = id_factory(received_at // 1000, batch, node)
     return expand(items, project=project, received_at=received_at, new_id=new_id)
 

@@ -21,25 +21,16 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
-from .expand import to_micros
+from ..clock import format_time
+from .expand import EventRow
 from .materialise import catch_up
 
-COLUMNS = (
-    "id",
-    "project",
-    "user_id",
-    "event",
-    "timestamp",
-    "thread_id",
-    "properties",
-    "received_at",
-    "source",
-)
+COLUMNS = EventRow._fields  # what an export record holds, in this order
 # Text read as bytes and decoded here: a row that is not UTF-8 would otherwise stop the
 # cursor itself (sqlite3 raises on fetching it, and again on every later fetch).
 _TEXT = ("id", "project", "user_id", "event", "thread_id", "source")
@@ -70,21 +61,6 @@ class Skipped:
 
 def _refuse(seq: int, reason: str) -> None:
     raise UnreadableRow(f"stored event seq {seq}: {reason}")
-
-
-def parse_time(text: str) -> int:
-    """An ISO-8601 time (naive means UTC) as microseconds since the epoch."""
-    return to_micros(datetime.fromisoformat(text))
-
-
-def format_time(micros: int) -> str:
-    """Microseconds since the epoch as ISO-8601 UTC with a ``Z`` (and always 4-digit years,
-    which ``strftime("%Y")`` does not give before year 1000)."""
-    t = _EPOCH + timedelta(microseconds=micros)
-    return (
-        f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}"
-        f".{t.microsecond:06d}Z"
-    )
 
 
 def count(conn: sqlite3.Connection, project: str | None = None) -> int:
