@@ -8,8 +8,10 @@ a JSON object (``logs.py``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -42,58 +44,66 @@ log = logging.getLogger("trubrics_ingestion")
 
 
 def serve(settings: Settings, *, warnings: Sequence[str] = ()) -> None:
-    """Serve until stopped; ``warnings`` (of the command line) are logged first."""
+    """Serve until stopped; ``warnings`` (of the command line) are logged first. Whatever
+    was opened is closed in the reverse order, also when the start fails halfway."""
     logs.configure(settings.log_level)
     for warning in warnings:
         log.warning(warning)
+    with contextlib.ExitStack() as opened:
+        conn = opened.enter_context(contextlib.closing(_open_store(settings)))
+        key_store = opened.enter_context(
+            contextlib.closing(open_key_store(settings.registry, lambda: conn))
+        )
+        _seed_key(key_store, settings)
+        cache = opened.enter_context(
+            contextlib.closing(
+                open_key_cache(
+                    key_store,
+                    shared=settings.registry is not None,
+                    database=settings.database_path,
+                    refresh_interval_s=settings.key_refresh_interval_s,
+                )
+            )
+        )
+        metrics = opened.enter_context(
+            contextlib.closing(
+                Metrics(database=settings.database_path, per_project=settings.metrics_per_project)
+            )
+        )
+        status = NodeStatus(
+            settings.database_path,
+            settings.forward_to,
+            cache if isinstance(cache, PolledKeyCache) else None,
+        )
+        metrics.registry.register(status)
+        journal = Journal(
+            settings.database_path,
+            dedup_window_s=settings.dedup_window_s,
+            dedup_max_entries=settings.dedup_max_entries,
+            metrics=metrics,
+        )
+        journal.start()
+        opened.callback(journal.close)  # commits what is still queued
+        for child in background_children(settings):
+            child.start()
+            opened.callback(child.stop)
+        app = build_app(
+            settings, keys=cache, journal=journal, metrics=metrics, readiness=status.readiness
+        )
+        opened.callback(app.close)  # counts and logs what the loop answered last
+        log.info("starting", extra={"fields": startup_fields(settings)})
+        _hint_if_keyless(key_store, settings)
+        config = uvicorn_config(app, settings, on_refused=metrics.refused)
+        _exit_zero_on_stop_signals()
+        uvicorn.Server(config).run()
+
+
+def _open_store(settings: Settings) -> sqlite3.Connection:
     try:
-        conn = store.connect(settings.database_path)
+        return store.connect(settings.database_path)
     except store.NotPrivate as exc:
         log.critical("the store cannot be kept private: %s", exc)
         raise SystemExit(1) from None
-    key_store = open_key_store(settings.registry, lambda: conn)
-    _seed_key(key_store, settings)
-    cache = open_key_cache(
-        key_store,
-        shared=settings.registry is not None,
-        database=settings.database_path,
-        refresh_interval_s=settings.key_refresh_interval_s,
-    )
-    metrics = Metrics(database=settings.database_path, per_project=settings.metrics_per_project)
-    status = NodeStatus(
-        settings.database_path,
-        settings.forward_to,
-        cache if isinstance(cache, PolledKeyCache) else None,
-    )
-    metrics.registry.register(status)
-    journal = Journal(
-        settings.database_path,
-        dedup_window_s=settings.dedup_window_s,
-        dedup_max_entries=settings.dedup_max_entries,
-        metrics=metrics,
-    )
-    journal.start()
-    children = background_children(settings)
-    for child in children:
-        child.start()
-    app = build_app(
-        settings, keys=cache, journal=journal, metrics=metrics, readiness=status.readiness
-    )
-    log.info("starting", extra={"fields": startup_fields(settings)})
-    _hint_if_keyless(key_store, settings)
-    config = uvicorn_config(app, settings, on_refused=metrics.refused)
-    _exit_zero_on_stop_signals()
-    try:
-        uvicorn.Server(config).run()
-    finally:
-        app.close()  # counts and logs what the loop answered in its last iteration
-        journal.close()
-        for child in children:
-            child.stop()
-        cache.close()
-        key_store.close()
-        metrics.close()
-        conn.close()
 
 
 def build_app(
