@@ -628,7 +628,7 @@ def events_export(
     _fail_if_skipped(skipped)
 
 
-@events_group.command(name="materialise")
+@events_group.command(name="materialise", hidden=True)  # the server's own worker
 @click.option("--follow", is_flag=True, help="Keep going: materialise new batches as they come.")
 @click.option(
     "--shard",
