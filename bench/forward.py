@@ -13,7 +13,7 @@ then checked to hold exactly the backlog, each event once: row count, distinct i
 an MD5 of the sorted ids equal to the store's (a lost, duplicated or foreign event fails).
 
 Target: >= 100,000 events/s into each engine, alone and both at once. Throwaway engines
-come from tests/engines.py (installed by scripts/install-engines.sh, as `make bench` does).
+come from tests/support/engines.py (installed by scripts/install-engines.sh, as `make bench` does).
 
 Standalone, for working on the forwarder: ``.venv/bin/python bench/forward.py`` fills a
 store with a durable node under wrk (``--load`` seconds), or takes ``--data-dir`` of an
@@ -41,9 +41,9 @@ from typing import Any
 
 import node
 
-sys.path.insert(0, str(node.ROOT / "tests"))
+sys.path.insert(0, str(node.ROOT / "tests"))  # for support.engines
 
-from engines import ClickHouseCluster, PostgresServer, engines_available
+from support.engines import ClickHouseCluster, PostgresServer, engines_available
 from trubrics_ingestion.forward import Forwarder, open_sink, parse_sink_url
 from trubrics_ingestion.forward.clickhouse import encode_json_lines
 from trubrics_ingestion.forward.cursors import read_batch, reset

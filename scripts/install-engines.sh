@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the real engines that tests/engines.py starts as throwaway servers: PostgreSQL 15,
+# Install the real engines that tests/support/engines.py starts as throwaway servers: PostgreSQL 15,
 # ClickHouse (Debian's 18.16 server and client) and ZooKeeper 3.8.
 #
 # Idempotent and quick when nothing is missing (one dpkg-query), so `make test` can run it

@@ -12,7 +12,8 @@ from typing import Any
 
 import requests
 
-from conftest import CLI, Node, free_port, scrape, value
+from support.engines import free_port
+from support.node import CLI, Node, scrape, value
 
 # An engine that is never up: the node still serves, and /readyz's details name it.
 ENGINE = "postgresql://leaky_user@127.0.0.1:{port}/secret_db"

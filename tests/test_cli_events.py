@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from typing import IO, Any
 
-from conftest import CLI, Node
+from support.node import CLI, Node
 
 COLUMNS = [
     "id",

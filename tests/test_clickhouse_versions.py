@@ -28,8 +28,7 @@ from typing import Any
 
 import pytest
 
-from conftest import send_rows
-from engines import ClickHouseCluster, PostgresServer
+from support.engines import ClickHouseCluster, PostgresServer, send_rows
 from trubrics_ingestion.forward import open_sink, parse_sink_url
 from trubrics_ingestion.forward.clickhouse import (
     DATETIME64_SPAN,

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import requests
 
-from conftest import Node, scrape, server_has_read, value, wait_until
+from support.node import Node, scrape, value
+from support.processes import server_has_read
+from support.waiting import wait_until
 
 EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
 

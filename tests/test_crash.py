@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 import pytest
 import requests
 
-from conftest import Node, children_of, is_gone, kill_node, server_has_read, wait_until
+from support.node import Node
+from support.processes import children_of, is_gone, kill_node, server_has_read
+from support.waiting import wait_until
 
 WORKERS = 8
 EVENTS_PER_BATCH = 10

@@ -11,7 +11,8 @@ from typing import Any
 
 from trubrics import Trubrics
 
-from conftest import Node, create_key, free_port, scrape, value
+from support.engines import free_port
+from support.node import Node, create_key, scrape, value
 
 BATCH = [{"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}]
 

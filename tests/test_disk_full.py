@@ -28,7 +28,9 @@ from typing import Any
 import pytest
 import requests
 
-from conftest import Node, is_gone, kill_node, wait_until
+from support.node import Node
+from support.processes import is_gone, kill_node
+from support.waiting import wait_until
 from test_crash import (
     Ledger,
     Load,

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from conftest import Node
+from support.node import Node
 
 EVENT = {"event": "e", "timestamp": "2026-06-20T12:00:00Z"}
 

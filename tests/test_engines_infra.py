@@ -1,4 +1,4 @@
-"""The real engines in ``engines.py`` work as the forwarders' tests will need them.
+"""The real engines in ``support/engines.py`` work as the forwarders' tests will need them.
 
 PostgreSQL takes connections and keeps committed data across a clean stop and a crash;
 a 2-shard ClickHouse cluster runs ON CLUSTER DDL, spreads a Distributed table's rows over
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-import engines
-from engines import (
+from support import engines
+from support.engines import (
     ClickHouseCluster,
     ClickHouseError,
     EngineError,

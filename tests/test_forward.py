@@ -2,7 +2,7 @@
 cluster exactly once: through redelivery, engine outages and a ``kill -9`` mid-forward,
 with every field intact (NUL characters become U+FFFD in PostgreSQL only).
 
-Real servers from ``engines.py`` (one PostgreSQL and one cluster for the module, a fresh
+Real servers from ``support/engines.py`` (one PostgreSQL and one cluster for the module, a fresh
 database per test); events enter the store the real way: journal batches, materialised
 by ``catch_up``.
 """
@@ -29,8 +29,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from conftest import send_rows, wait_until
-from engines import ClickHouseCluster, PostgresServer
+from support.engines import ClickHouseCluster, PostgresServer, send_rows
+from support.waiting import wait_until
 from trubrics_ingestion.clock import to_micros
 from trubrics_ingestion.forward import (
     Forwarder,

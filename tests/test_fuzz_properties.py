@@ -24,7 +24,7 @@ import requests
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import Node, create_key
+from support.node import Node, create_key
 from trubrics_ingestion.clock import format_time, to_micros
 from trubrics_ingestion.errors import InvalidPayload
 from trubrics_ingestion.ingest.limits import PayloadLimits

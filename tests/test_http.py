@@ -14,7 +14,7 @@ from pathlib import Path
 import requests
 import yaml
 
-from conftest import Node
+from support.node import Node
 
 EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
 SEED_SPEC = Path(__file__).parents[1] / "spec" / "trubrics-openapi.yml"  # the upstream contract

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from conftest import Node
+from support.node import Node
 
 NODE_DIR = Path(__file__).parent / "node"
 SDK = "@trubrics/trubrics"

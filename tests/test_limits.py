@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from conftest import Node
+from support.node import Node
 
 EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
 

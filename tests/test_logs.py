@@ -10,7 +10,8 @@ from typing import Any
 
 import requests
 
-from conftest import Node, create_key, wait_until
+from support.node import Node, create_key
+from support.waiting import wait_until
 
 EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
 LLM = {"user_id": "u", "prompt": "p", "generation": "g"}

@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
-from conftest import CLI, Node, is_gone, materialisers_of, wait_until
+from support.node import CLI, Node
+from support.processes import is_gone, materialisers_of
+from support.waiting import wait_until
 from trubrics_ingestion.store import sqlite as store
 from trubrics_ingestion.store.materialise import Shard
 

@@ -15,8 +15,10 @@ from pathlib import Path
 import requests
 import uvicorn
 
-from conftest import Node, Samples, create_key, materialisers_of, scrape, value, wait_until
-from engines import free_port
+from support.engines import free_port
+from support.node import Node, Samples, create_key, scrape, value
+from support.processes import materialisers_of
+from support.waiting import wait_until
 from trubrics_ingestion.config import Settings
 from trubrics_ingestion.keys.cache import KeyCache
 from trubrics_ingestion.keys.local import StoreKeys

@@ -37,8 +37,9 @@ import psycopg
 import pytest
 import requests
 
-from conftest import CLI, Node, kill_node
-from engines import ClickHouseCluster, PostgresServer
+from support.engines import ClickHouseCluster, PostgresServer
+from support.node import CLI, Node
+from support.processes import kill_node
 from trubrics_ingestion.forward import forward_status
 
 PROJECT = "multinode"

@@ -6,7 +6,7 @@ import re
 import time
 from typing import Any
 
-from conftest import Node
+from support.node import Node
 
 UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from conftest import Node
+from support.node import Node
 
 
 def llm(**overrides: Any) -> dict[str, Any]:

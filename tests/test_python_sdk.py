@@ -8,7 +8,7 @@ from importlib.metadata import version
 import pytest
 from trubrics import Trubrics
 
-from conftest import Node
+from support.node import Node
 
 
 def test_the_pinned_sdk_is_the_one_under_test() -> None:

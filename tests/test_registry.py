@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 import requests
 
-from conftest import CLI, Node, free_port, wait_until
-from engines import PostgresServer
+from support.engines import PostgresServer, free_port
+from support.node import CLI, Node
+from support.waiting import wait_until
 from trubrics_ingestion.keys.model import hash_key
 
 EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLI, Node, children_of, create_key, wait_until
-from engines import PostgresServer, require_engines
+from support.engines import PostgresServer, require_engines
+from support.node import CLI, Node, create_key
+from support.processes import children_of
+from support.waiting import wait_until
 
 PASSWORD = "Sup3r-s3cret"  # the ingest role's: must appear in no output, argv or child env
 BROKEN = "pa/ss#wo?rd"  # unencoded: no parser sees it whole

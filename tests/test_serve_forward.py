@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import subprocess
 
-from conftest import CLI, Node, wait_until
-from engines import ClickHouseCluster, PostgresServer
+from support.engines import ClickHouseCluster, PostgresServer
+from support.node import CLI, Node
+from support.waiting import wait_until
 
 EVENT = {"event": "e", "timestamp": "2026-06-20T12:00:00Z"}
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLI, Node, cli, create_key
-from engines import free_port
+from support.engines import free_port
+from support.node import CLI, Node, cli, create_key
 from trubrics_ingestion.store import sqlite as store
 
 EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}

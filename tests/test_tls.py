@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLI, Node, wait_until
-from engines import (
+from support.engines import (
     ClickHouseCluster,
     EngineError,
     PostgresServer,
@@ -23,6 +22,8 @@ from engines import (
     make_tls_files,
     require_engines,
 )
+from support.node import CLI, Node
+from support.waiting import wait_until
 from trubrics_ingestion import pg
 from trubrics_ingestion.forward import parse_sink_url
 

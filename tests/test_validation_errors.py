@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import requests
 
-from conftest import Node
+from support.node import Node
 
 GOOD = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
 GOOD_LLM = {"user_id": "u", "prompt": "p", "generation": "g"}

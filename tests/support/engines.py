@@ -45,6 +45,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from trubrics_ingestion.forward import Row, Sink
+
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 CLICKHOUSE_SERVER = Path("/usr/sbin/clickhouse-server")
 ZOOKEEPER_CLASSPATH = (
@@ -821,3 +823,8 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
             raise EngineError("ZooKeeper closed the connection")
         data += chunk
     return data
+
+
+def send_rows(sink: Sink, rows: Sequence[Row]) -> None:
+    """Encode and send ``rows`` through ``sink``, as the forwarder does with a batch."""
+    sink.send(sink.encode(rows), len(rows))
