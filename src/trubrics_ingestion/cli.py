@@ -96,15 +96,17 @@ def registry_option(command: F) -> F:
     def with_registry(
         *args: Any, registry: str | None, registry_file: str | None, **kw: Any
     ) -> Any:
-        if registry and registry_file:
-            raise click.UsageError("give --registry or --registry-file, not both")
-        return command(*args, registry=registry or registry_file, **kw)
+        return command(*args, registry=_one_registry(registry, registry_file), **kw)
 
-    file_option = _file_option(
-        "registry", type=URL_FILE, callback=lambda _ctx, _param, path: _registry_url_in(path)
-    )
-    url_option = setting_option("registry", callback=_registry_url)
+    file_option = _file_option("registry", **_FILE_PARSING["registry"])
+    url_option = setting_option("registry", **_PARSING["registry"])
     return url_option(file_option(cast(F, with_registry)))
+
+
+def _one_registry(registry: str | None, registry_file: str | None) -> str | None:
+    if registry and registry_file:
+        raise click.UsageError("give --registry or --registry-file, not both")
+    return registry or registry_file
 
 
 def _open(data_dir: Path) -> sqlite3.Connection:
@@ -213,6 +215,7 @@ _PARSING: dict[str, dict[str, Any]] = {
         "multiple": True,
         "callback": lambda ctx, param, urls: _engine_urls(urls, ctx, param),
     },
+    "registry": {"callback": _registry_url},
 }
 _FILE_PARSING: dict[str, dict[str, Any]] = {
     "forward_to": {
@@ -221,6 +224,7 @@ _FILE_PARSING: dict[str, dict[str, Any]] = {
             () if path is None else _engine_urls(tuple(_urls_in(path)))
         ),
     },
+    "registry": {"type": URL_FILE, "callback": lambda _ctx, _param, path: _registry_url_in(path)},
     "metrics_token": {"type": click.Path(exists=True, dir_okay=False, path_type=Path)},
 }
 
@@ -230,9 +234,6 @@ def settings_options(command: F) -> F:
     that argv may carry, a ``--NAME-file`` for each that may come from a file."""
     for declared in reversed(SETTINGS.values()):
         name = declared.name
-        if name == "registry":
-            command = registry_option(command)
-            continue
         if declared.option.file:
             command = _file_option(name, **_FILE_PARSING[name])(command)
         if declared.option.flag:
@@ -242,23 +243,25 @@ def settings_options(command: F) -> F:
 
 @main.command()
 @settings_options
-def serve(
-    metrics_token_file: Path | None,
-    forward_to: tuple[str, ...],
-    forward_to_file: tuple[str, ...],
-    **options: Any,
-) -> None:
+def serve(**params: Any) -> None:
     """Serve the ingestion API."""
     from .node.server import serve as run  # imports uvicorn only for this command
 
+    run(settings_of(params), warnings=click.get_current_context().meta.get(ARGV_WARNINGS, ()))
+
+
+def settings_of(params: dict[str, Any]) -> Settings:
+    """The settings ``serve``'s parsed options give, each ``--NAME-file`` joined to its
+    flag's value, with those only the environment may hold (secrets kept out of argv)."""
+    options = dict(params)
     from_env: dict[str, Any] = {
         d.name: os.environ.get(d.env) or None for d in SETTINGS.values() if not d.option.flag
     }
-    from_env["metrics_token"] = _metrics_token(metrics_token_file, from_env["metrics_token"])
-    run(
-        Settings(forward_to=_engine_urls((*forward_to, *forward_to_file)), **from_env, **options),
-        warnings=click.get_current_context().meta.get(ARGV_WARNINGS, ()),
-    )
+    token_file = options.pop("metrics_token_file")
+    from_env["metrics_token"] = _metrics_token(token_file, from_env["metrics_token"])
+    urls = _engine_urls((*options.pop("forward_to"), *options.pop("forward_to_file")))
+    registry = _one_registry(options.pop("registry"), options.pop("registry_file"))
+    return Settings(forward_to=urls, registry=registry, **from_env, **options)
 
 
 def _metrics_token(path: Path | None, from_env: str | None) -> str | None:
