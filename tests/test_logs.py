@@ -96,21 +96,38 @@ def test_the_startup_line_names_every_limit(make_node) -> None:  # type: ignore[
         }
     )
     (started,) = [r for r in lines(node) if r["msg"] == "starting"]
-    assert started["version"] and started["data_dir"] == str(node.data_dir.resolve())
-    assert started["bind"] == f"127.0.0.1:{node.port}"
-    assert started["dedup_window_s"] == 60
-    assert started["limits"] == {
+    assert started["version"]
+    node_settings = started["node"]
+    assert node_settings["data_dir"] == str(node.data_dir.resolve())
+    assert (node_settings["host"], node_settings["port"]) == ("127.0.0.1", node.port)
+    assert started["payload_limits"] == {
         "max_body_bytes": 200000,
         "max_event_bytes": 1048576,
         "max_depth": 32,
-        "rate_limit_events_per_s": 500,
-        "rate_limit_burst": None,
+    }
+    assert started["http_limits"] == {
         "max_head_bytes": 65536,
         "max_headers": 100,
         "request_timeout_s": 60,
-        "shutdown_timeout_s": 8,
         "max_connections": 77,
         "max_buffered_bytes": 268435456,
+        "shutdown_timeout_s": 8,
+    }
+    assert started["rate_limit"] == {"rate_limit_events_per_s": 500, "rate_limit_burst": None}
+    assert started["dedup"] == {"dedup_window_s": 60, "dedup_max_entries": 100000}
+    assert started["keys"] == {
+        "registry": None,
+        "key_refresh_interval_s": 0.5,
+        "init_project": "seeded",  # the key itself: never
+    }
+    assert started["forwarding"] == {
+        "forward_to": [],
+        "forward_retention_s": None,
+        "forward_max_backoff_s": 10,
+    }
+    assert started["metrics"] == {
+        "metrics_per_project": False,
+        "metrics_token": "this host only",
     }
     assert "seeded-secret" not in node.log()
 
@@ -167,7 +184,7 @@ def test_the_access_log_can_be_switched_off(make_node) -> None:  # type: ignore[
     assert node.post("/publish_events", [EVENT]).status_code == 200
     records = lines(node)
     assert [r for r in records if r["logger"] == ACCESS] == []
-    assert any(r["msg"] == "starting" and r["access_log"] is False for r in records)
+    assert any(r["msg"] == "starting" and r["node"]["access_log"] is False for r in records)
 
 
 def test_no_key_and_no_header_value_is_ever_written(make_node) -> None:  # type: ignore[no-untyped-def]

@@ -20,7 +20,7 @@ from click.core import ParameterSource
 
 from . import keys
 from .clock import parse_time
-from .config import Settings
+from .config import DEFAULTS, SETTINGS, Declared, Settings
 from .keys.model import weakness
 from .node import logs
 from .store import materialise
@@ -29,28 +29,64 @@ from .store import sqlite as store
 from .urls import SinkUrl, SinkUrlError, parse_sink_url, read_url_file
 
 F = TypeVar("F", bound=Callable[..., Any])
-DEFAULTS = Settings()  # every default lives in config.py
+FROM_FILES = ("forward_to", "registry")  # URLs, which may hold a password
 URL_FILE = click.Path(dir_okay=False, path_type=Path)
 # Where a URL with a password can go instead of the command line, by parameter name.
 _INSTEAD = {
-    "forward_to": "TRUBRICS_FORWARD_TO or --forward-to-file PATH",
-    "registry": "TRUBRICS_REGISTRY or --registry-file PATH",
-    "urls": "TRUBRICS_FORWARD_TO",
+    **{name: f"{SETTINGS[name].env} or {SETTINGS[name].flag}-file PATH" for name in FROM_FILES},
+    "urls": SETTINGS["forward_to"].env,
     "url": "--url-file PATH",
 }
 ARGV_WARNINGS = "trubrics_ingestion.argv_warnings"  # in ctx.meta: for serve to log as JSON
 
 
-def data_dir_option(command: F) -> F:
+def setting_option(name: str, *decls: str, env: bool = True, **parsing: Any) -> Callable[[F], F]:
+    """The option of setting ``name``, its flag, environment variable, type, range, default
+    and help all from its declaration in ``Settings``; ``decls`` (another flag, a parameter
+    name) and ``parsing`` (click arguments) are for the few options parsed their own way."""
+    declared = SETTINGS[name]
+    flag = declared.flag
+    if declared.type is bool:
+        flag = f"{flag}/--no-{flag[2:]}"
+    arguments: dict[str, Any] = {
+        "type": _click_type(declared),
+        "default": declared.default,
+        "help": declared.help,
+        "envvar": declared.env if env else None,
+        "show_envvar": env,
+    }
+    return click.option(*(decls or (flag,)), **arguments | parsing)
+
+
+def _click_type(declared: Declared) -> Any:
+    """The click type of a setting, which checks its range or choices as it is given."""
+    option = declared.option
+    bounded = option.low is not None or option.high is not None
+    if option.choices:
+        return click.Choice(option.choices)
+    if declared.type is int:
+        low, high = (None if end is None else int(end) for end in (option.low, option.high))
+        return click.IntRange(low, high) if bounded else int
+    if declared.type is float:
+        return click.FloatRange(option.low, option.high) if bounded else float
+    if declared.type is Path:
+        return click.Path(file_okay=False, path_type=Path)
+    return declared.type if declared.type is bool else str
+
+
+def _file_option(name: str, **parsing: Any) -> Callable[[F], F]:
+    """``--NAME-file PATH`` (or ``TRUBRICS_NAME_FILE``): the setting from a file, out of argv."""
+    declared = SETTINGS[name]
     return click.option(
-        "--data-dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=DEFAULTS.data_dir,
-        envvar="TRUBRICS_DATA_DIR",
-        show_default=True,
+        declared.flag + "-file",
+        envvar=declared.env + "_FILE",
         show_envvar=True,
-        help="Where the SQLite store lives.",
-    )(command)
+        help=declared.file_help,
+        **parsing,
+    )
+
+
+data_dir_option = setting_option("data_dir")
 
 
 def registry_option(command: F) -> F:
@@ -60,29 +96,17 @@ def registry_option(command: F) -> F:
     def with_registry(
         *args: Any, registry: str | None, registry_file: str | None, **kw: Any
     ) -> Any:
-        if registry and registry_file:
-            raise click.UsageError("give --registry or --registry-file, not both")
-        return command(*args, registry=registry or registry_file, **kw)
+        return command(*args, registry=_one_registry(registry, registry_file), **kw)
 
-    file_option = click.option(
-        "--registry-file",
-        type=URL_FILE,
-        envvar="TRUBRICS_REGISTRY_FILE",
-        show_envvar=True,
-        callback=lambda _ctx, _param, path: _registry_url_in(path),
-        help="A file holding the --registry URL (mode 0600 if it has a password).",
-    )
-    return cast(
-        F,
-        click.option(
-            "--registry",
-            envvar="TRUBRICS_REGISTRY",
-            show_envvar=True,
-            callback=_registry_url,
-            help="Keys live in this shared PostgreSQL registry (postgresql://USER@HOST:PORT/DB)"
-            " instead of the node's store.",
-        )(file_option(with_registry)),
-    )
+    file_option = _file_option("registry", **_FILE_PARSING["registry"])
+    url_option = setting_option("registry", **_PARSING["registry"])
+    return url_option(file_option(cast(F, with_registry)))
+
+
+def _one_registry(registry: str | None, registry_file: str | None) -> str | None:
+    if registry and registry_file:
+        raise click.UsageError("give --registry or --registry-file, not both")
+    return registry or registry_file
 
 
 def _open(data_dir: Path) -> sqlite3.Connection:
@@ -176,238 +200,76 @@ def main() -> None:
     """Self-hosted Trubrics ingestion: a write-only event API backed by a durable store."""
 
 
+def _comma_list(_ctx: click.Context, _param: click.Parameter, text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+# The options parsed their own way, by setting; declared (flag, help...) as all others.
+_PARSING: dict[str, dict[str, Any]] = {
+    "cors_origins": {
+        "type": str,
+        "default": ",".join(DEFAULTS.cors_origins),
+        "callback": _comma_list,
+    },
+    "forward_to": {
+        "multiple": True,
+        "callback": lambda ctx, param, urls: _engine_urls(urls, ctx, param),
+    },
+    "registry": {"callback": _registry_url},
+}
+_FILE_PARSING: dict[str, dict[str, Any]] = {
+    "forward_to": {
+        "type": URL_FILE,
+        "callback": lambda _ctx, _param, path: (
+            () if path is None else _engine_urls(tuple(_urls_in(path)))
+        ),
+    },
+    "registry": {"type": URL_FILE, "callback": lambda _ctx, _param, path: _registry_url_in(path)},
+    "metrics_token": {"type": click.Path(exists=True, dir_okay=False, path_type=Path)},
+}
+
+
+def settings_options(command: F) -> F:
+    """Every setting as an option of ``command``, in declaration order: a flag for each
+    that argv may carry, a ``--NAME-file`` for each that may come from a file."""
+    for declared in reversed(SETTINGS.values()):
+        name = declared.name
+        if declared.option.file:
+            command = _file_option(name, **_FILE_PARSING[name])(command)
+        if declared.option.flag:
+            command = setting_option(name, **_PARSING.get(name, {}))(command)
+    return command
+
+
 @main.command()
-@click.option("--host", default=DEFAULTS.host, envvar="TRUBRICS_HOST", show_envvar=True)
-@click.option(
-    "--port",
-    default=DEFAULTS.port,
-    type=click.IntRange(0, 65535),
-    envvar="TRUBRICS_PORT",
-    show_envvar=True,
-)
-@data_dir_option
-@click.option(
-    "--max-body-bytes",
-    default=DEFAULTS.max_body_bytes,
-    type=click.IntRange(1024),
-    envvar="TRUBRICS_MAX_BODY_BYTES",
-    show_envvar=True,
-    help="Largest request body accepted, after decompression.",
-)
-@click.option(
-    "--cors-origins",
-    default="*",
-    envvar="TRUBRICS_CORS_ORIGINS",
-    show_envvar=True,
-    help="Comma-separated origins allowed to publish from a browser.",
-)
-@click.option(
-    "--max-event-bytes",
-    default=DEFAULTS.max_event_bytes,
-    type=click.IntRange(1024),
-    envvar="TRUBRICS_MAX_EVENT_BYTES",
-    show_envvar=True,
-    help="Largest single event accepted (422 beyond).",
-)
-@click.option(
-    "--max-depth",
-    default=DEFAULTS.max_depth,
-    type=click.IntRange(1),
-    envvar="TRUBRICS_MAX_DEPTH",
-    show_envvar=True,
-    help="Deepest nesting of properties accepted (422 beyond).",
-)
-@click.option(
-    "--rate-limit-events-per-s",
-    default=DEFAULTS.rate_limit_events_per_s,
-    type=click.FloatRange(0),
-    envvar="TRUBRICS_RATE_LIMIT_EVENTS_PER_S",
-    show_envvar=True,
-    help="Events per second per project on this node, 0 for no limit (429 beyond).",
-)
-@click.option(
-    "--rate-limit-burst",
-    type=click.FloatRange(0),
-    envvar="TRUBRICS_RATE_LIMIT_BURST",
-    show_envvar=True,
-    help="Events a project may send at once before the rate applies [default: 1 s worth].",
-)
-@click.option(
-    "--dedup-window-s",
-    default=DEFAULTS.dedup_window_s,
-    type=click.FloatRange(0),
-    envvar="TRUBRICS_DEDUP_WINDOW_S",
-    show_envvar=True,
-    help="A body repeated by the same project within this many seconds is a retry (0: off).",
-)
-@click.option(
-    "--dedup-max-entries",
-    default=DEFAULTS.dedup_max_entries,
-    type=click.IntRange(1),
-    envvar="TRUBRICS_DEDUP_MAX_ENTRIES",
-    show_envvar=True,
-    help="Batches remembered for that at most (~280 bytes each); the oldest go first.",
-)
-@click.option(
-    "--max-head-bytes",
-    default=DEFAULTS.max_head_bytes,
-    type=click.IntRange(1024),
-    envvar="TRUBRICS_MAX_HEAD_BYTES",
-    show_envvar=True,
-    help="Largest request head (URL and headers) accepted (431 beyond).",
-)
-@click.option(
-    "--max-headers",
-    default=DEFAULTS.max_headers,
-    type=click.IntRange(1),
-    envvar="TRUBRICS_MAX_HEADERS",
-    show_envvar=True,
-    help="Most headers accepted in one request (431 beyond).",
-)
-@click.option(
-    "--request-timeout-s",
-    default=DEFAULTS.request_timeout_s,
-    type=click.FloatRange(0.1),
-    envvar="TRUBRICS_REQUEST_TIMEOUT_S",
-    show_envvar=True,
-    help="Time to receive a whole request before a 408 and a closed connection.",
-)
-@click.option(
-    "--max-connections",
-    default=DEFAULTS.max_connections,
-    type=click.IntRange(1),
-    envvar="TRUBRICS_MAX_CONNECTIONS",
-    show_envvar=True,
-    help="Open connections at once; more get a 503.",
-)
-@click.option(
-    "--shutdown-timeout-s",
-    default=DEFAULTS.shutdown_timeout_s,
-    type=click.FloatRange(0),
-    envvar="TRUBRICS_SHUTDOWN_TIMEOUT_S",
-    show_envvar=True,
-    help="After SIGTERM, how long in-flight requests may take before they get a 503.",
-)
-@click.option(
-    "--max-buffered-bytes",
-    default=DEFAULTS.max_buffered_bytes,
-    type=click.IntRange(1024),
-    envvar="TRUBRICS_MAX_BUFFERED_BYTES",
-    show_envvar=True,
-    help="Request bodies held in memory at once, all requests together (503 beyond).",
-)
-@click.option(
-    "--log-level",
-    default=DEFAULTS.log_level,
-    envvar="TRUBRICS_LOG_LEVEL",
-    show_envvar=True,
-    type=click.Choice(["debug", "info", "warning", "error"]),
-)
-@click.option(
-    "--access-log/--no-access-log",
-    default=DEFAULTS.access_log,
-    envvar="TRUBRICS_ACCESS_LOG",
-    show_envvar=True,
-    help="One JSON line per request (at log level info).",
-)
-@click.option(
-    "--metrics-per-project",
-    is_flag=True,
-    default=DEFAULTS.metrics_per_project,
-    envvar="TRUBRICS_METRICS_PER_PROJECT",
-    show_envvar=True,
-    help="Label the event counters of /metrics by project (a series per project).",
-)
-@click.option(
-    "--metrics-token-file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    envvar="TRUBRICS_METRICS_TOKEN_FILE",
-    show_envvar=True,
-    help="File holding the token that /metrics and /readyz's details then require, as"
-    " Authorization: Bearer <token> (or the token itself in TRUBRICS_METRICS_TOKEN)"
-    " [default: none: they are served to clients on this host only].",
-)
-@click.option(
-    "--forward-to",
-    multiple=True,
-    callback=lambda ctx, param, urls: _engine_urls(urls, ctx, param),
-    envvar="TRUBRICS_FORWARD_TO",
-    show_envvar=True,
-    help="Engine to ship stored events to, at least once (repeatable; in the environment,"
-    " space-separated): postgresql://USER@HOST:PORT/DB[?sslmode=...] or"
-    " clickhouse[s]://HOST:PORT/DB[?cluster=C].",
-)
-@click.option(
-    "--forward-to-file",
-    type=URL_FILE,
-    envvar="TRUBRICS_FORWARD_TO_FILE",
-    show_envvar=True,
-    callback=lambda _ctx, _param, path: () if path is None else _engine_urls(tuple(_urls_in(path))),
-    help="A file of --forward-to URLs, one a line (mode 0600 if one has a password).",
-)
-@click.option(
-    "--materialisers",
-    default=DEFAULTS.materialisers,
-    type=click.IntRange(1, 8),
-    envvar="TRUBRICS_MATERIALISERS",
-    show_envvar=True,
-    help="Processes turning acknowledged batches into rows (more drain a backlog faster,"
-    " on more cores).",
-)
-@click.option(
-    "--forward-retention-s",
-    type=click.FloatRange(0),
-    envvar="TRUBRICS_FORWARD_RETENTION_S",
-    show_envvar=True,
-    help="Delete events from this node once every engine has them and they are this old"
-    " [default: keep them].",
-)
-@click.option(
-    "--forward-max-backoff-s",
-    default=DEFAULTS.forward_max_backoff_s,
-    type=click.FloatRange(0.5, 3600),
-    envvar="TRUBRICS_FORWARD_MAX_BACKOFF_S",
-    show_envvar=True,
-    help="Longest wait between attempts at an engine that is down.",
-)
-@registry_option
-@click.option(
-    "--key-refresh-interval-s",
-    default=DEFAULTS.key_refresh_interval_s,
-    type=click.FloatRange(0.05, 10),
-    envvar="TRUBRICS_KEY_REFRESH_INTERVAL_S",
-    show_envvar=True,
-    help="How often the node looks for key changes (the time a revocation takes to bite).",
-)
-def serve(
-    cors_origins: str,
-    metrics_token_file: Path | None,
-    forward_to: tuple[str, ...],
-    forward_to_file: tuple[str, ...],
-    **options: Any,
-) -> None:
+@settings_options
+def serve(**params: Any) -> None:
     """Serve the ingestion API."""
     from .node.server import serve as run  # imports uvicorn only for this command
 
-    run(
-        Settings(
-            cors_origins=tuple(o.strip() for o in cors_origins.split(",") if o.strip()),
-            metrics_token=_metrics_token(metrics_token_file),
-            init_project=os.environ.get("TRUBRICS_INIT_PROJECT") or None,
-            init_api_key=os.environ.get("TRUBRICS_INIT_API_KEY") or None,
-            forward_to=_engine_urls((*forward_to, *forward_to_file)),
-            **options,
-        ),
-        warnings=click.get_current_context().meta.get(ARGV_WARNINGS, ()),
-    )
+    run(settings_of(params), warnings=click.get_current_context().meta.get(ARGV_WARNINGS, ()))
 
 
-def _metrics_token(path: Path | None) -> str | None:
+def settings_of(params: dict[str, Any]) -> Settings:
+    """The settings ``serve``'s parsed options give, each ``--NAME-file`` joined to its
+    flag's value, with those only the environment may hold (secrets kept out of argv)."""
+    options = dict(params)
+    from_env: dict[str, Any] = {
+        d.name: os.environ.get(d.env) or None for d in SETTINGS.values() if not d.option.flag
+    }
+    token_file = options.pop("metrics_token_file")
+    from_env["metrics_token"] = _metrics_token(token_file, from_env["metrics_token"])
+    urls = _engine_urls((*options.pop("forward_to"), *options.pop("forward_to_file")))
+    registry = _one_registry(options.pop("registry"), options.pop("registry_file"))
+    return Settings(forward_to=urls, registry=registry, **from_env, **options)
+
+
+def _metrics_token(path: Path | None, from_env: str | None) -> str | None:
     """The token from its file or ``TRUBRICS_METRICS_TOKEN``; never from the command line,
     which every user of the host can read (``ps``). A usage error if it is unfit."""
-    from_env = os.environ.get("TRUBRICS_METRICS_TOKEN") or None
     if path is not None and from_env is not None:
-        raise click.UsageError("give --metrics-token-file or TRUBRICS_METRICS_TOKEN, not both")
+        env = SETTINGS["metrics_token"].env
+        raise click.UsageError(f"give --metrics-token-file or {env}, not both")
     token = path.read_text(errors="replace").strip() if path is not None else from_env
     if token is None:
         return None
@@ -461,21 +323,12 @@ def migrate(url: str | None, url_file: str | None) -> None:
     "urls",
     multiple=True,
     required=True,
-    envvar="TRUBRICS_FORWARD_TO",
+    envvar=SETTINGS["forward_to"].env,
     callback=lambda ctx, param, urls: _engine_urls(urls, ctx, param),
     help="Engine URL (repeatable; in the environment, space-separated).",
 )
-@click.option(
-    "--retention-s",
-    type=click.FloatRange(0),
-    help="Delete delivered events this old [default: keep them].",
-)
-@click.option(
-    "--max-backoff-s",
-    default=DEFAULTS.forward_max_backoff_s,
-    type=click.FloatRange(0.5, 3600),
-    help="Longest wait between attempts at an engine that is down.",
-)
+@setting_option("forward_retention_s", "--retention-s", env=False)
+@setting_option("forward_max_backoff_s", "--max-backoff-s", env=False)
 @click.option("--parent-pid", type=int, hidden=True, help="Exit when this process is gone.")
 @data_dir_option
 def forward(

@@ -29,6 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import DEFAULTS
 from ..store.sqlite import connect
 from ..urls import SinkUrl, SinkUrlError, parse_sink_url
 from . import cursors
@@ -41,7 +42,6 @@ log = logging.getLogger("trubrics_ingestion.forward")
 
 IDLE_POLL_S = 0.2  # when everything is delivered: how soon new events leave the node
 BACKOFF_START_S = 0.5
-BACKOFF_MAX_S = 10.0  # an engine back from an outage waits at most this long for us
 PARENT_CHECK_S = 0.5
 PRUNE_EVERY_MAX_S = 60.0  # a short retention is pruned more often: a tenth of it, from 1 s
 STOP_TIMEOUT_S = 10.0
@@ -89,7 +89,9 @@ def parse_sink_urls(texts: Sequence[str | SinkUrl]) -> list[SinkUrl]:
 class Backoff:
     """Exponential delays between attempts at a failing engine."""
 
-    def __init__(self, start_s: float = BACKOFF_START_S, max_s: float = BACKOFF_MAX_S) -> None:
+    def __init__(
+        self, start_s: float = BACKOFF_START_S, max_s: float = DEFAULTS.forward_max_backoff_s
+    ) -> None:
         self.start_s = start_s
         self.max_s = max_s
         self.failures = 0
@@ -152,7 +154,7 @@ class SinkWorker:
         lanes: Sequence[Sink],
         *,
         batch_rows: int,
-        backoff_max_s: float = BACKOFF_MAX_S,
+        backoff_max_s: float = DEFAULTS.forward_max_backoff_s,
     ) -> None:
         self.url = url
         self.lanes = list(lanes)
@@ -278,7 +280,7 @@ class Forwarder:
         *,
         batch_rows: int | None = None,
         lanes: int | None = None,
-        backoff_max_s: float = BACKOFF_MAX_S,
+        backoff_max_s: float = DEFAULTS.forward_max_backoff_s,
         make_sink: SinkFactory = open_sink,
     ) -> None:
         """``batch_rows`` and ``lanes`` override every engine's ``DELIVERY``."""
@@ -403,7 +405,7 @@ def run_forever(
     stop: threading.Event | None = None,
     retention_s: float | None = None,
     batch_rows: int | None = None,
-    backoff_max_s: float = BACKOFF_MAX_S,
+    backoff_max_s: float = DEFAULTS.forward_max_backoff_s,
 ) -> None:
     """Forward until ``stop`` is set (when run in a thread) or ``parent_pid`` is gone (when
     run in a child process). A bad URL raises at once; an engine being down never does."""

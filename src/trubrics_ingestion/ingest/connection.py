@@ -24,10 +24,12 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 @dataclass(frozen=True, kw_only=True)
 class ConnectionLimits:
-    max_head_bytes: int = 64 * 1024
-    max_headers: int = 100
-    request_timeout_s: float = 60.0
-    max_connections: int = 1000
+    """The connection layer's share of ``Settings``, which holds their defaults."""
+
+    max_head_bytes: int
+    max_headers: int
+    request_timeout_s: float
+    max_connections: int
     # Told the status of every request this layer answers itself: the app never sees those,
     # so its metrics and access log cannot count them.
     on_refused: Callable[[int], None] | None = None
@@ -41,7 +43,7 @@ class _HeadTooLarge(Exception):
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
-    limits: ClassVar[ConnectionLimits] = ConnectionLimits()
+    limits: ClassVar[ConnectionLimits]  # set by with_limits: no use without them
 
     @classmethod
     def with_limits(cls, limits: ConnectionLimits) -> type[LimitedHttpToolsProtocol]:

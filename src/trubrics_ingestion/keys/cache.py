@@ -20,6 +20,7 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..config import DEFAULTS
 from ..errors import RegistryUnavailable, Unauthorized
 from .model import ActiveKey, hash_key, key_problem
 
@@ -52,7 +53,9 @@ class KeyCache:
     moment ago works at once; the check is one indexed single-row read of a local file).
     """
 
-    def __init__(self, loader: KeyLoader, *, refresh_interval_s: float = 0.5) -> None:
+    def __init__(
+        self, loader: KeyLoader, *, refresh_interval_s: float = DEFAULTS.key_refresh_interval_s
+    ) -> None:
         self._loader = loader
         self._interval = refresh_interval_s
         self._version: int | None = None
@@ -110,7 +113,7 @@ class PolledKeyCache:
         self,
         loader: KeyLoader,
         *,
-        refresh_interval_s: float = 0.5,
+        refresh_interval_s: float,
         snapshot: KeySnapshot | None = None,
         name: str = "key registry",
     ) -> None:

@@ -20,6 +20,8 @@ from typing import Any
 
 import msgspec
 
+from ..config import DEFAULTS
+
 ACCESS_LOGGER = "trubrics_ingestion.access"
 _encode = msgspec.json.Encoder(enc_hook=str).encode  # Paths and the like, as text
 
@@ -67,7 +69,7 @@ def _message(record: logging.LogRecord) -> str:
         return f"{record.msg!r} % {record.args!r}"
 
 
-def config(level: str = "info") -> dict[str, Any]:
+def config(level: str = DEFAULTS.log_level) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` document, also handed to ``uvicorn.Config(log_config=)``.
 
     Everything propagates to the root logger's JSON handler; uvicorn's loggers lose their
@@ -93,7 +95,7 @@ def config(level: str = "info") -> dict[str, Any]:
     }
 
 
-def configure(level: str = "info") -> None:
+def configure(level: str = DEFAULTS.log_level) -> None:
     """JSON lines on stderr for this process: logs, warnings and uncaught exceptions."""
     logging.config.dictConfig(config(level))
     logging.captureWarnings(True)

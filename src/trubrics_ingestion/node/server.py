@@ -22,7 +22,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from .. import ingest
-from ..config import Settings
+from ..config import Settings, shown
 from ..ingest import app as http
 from ..ingest.access import OperatorAccess
 from ..ingest.body import BodyBudget
@@ -33,7 +33,6 @@ from ..keys import KeyStore, KeyStoreUnavailable, PolledKeyCache, open_key_cache
 from ..keys.model import key_problem, weakness
 from ..store import sqlite as store
 from ..store.journal import Journal
-from ..urls import parse_sink_url
 from . import logs
 from .children import background_children
 from .logs import AccessLog
@@ -139,36 +138,9 @@ def build_app(
 
 
 def startup_fields(settings: Settings) -> dict[str, object]:
-    """What an operator needs to know of a starting node; never a key."""
-    return {
-        "version": version("trubrics-ingestion"),
-        "data_dir": str(settings.data_dir.resolve()),
-        "bind": f"{settings.host}:{settings.port}",
-        "forward_to": [parse_sink_url(url).display for url in settings.forward_to],
-        "forward_retention_s": settings.forward_retention_s,
-        "forward_max_backoff_s": settings.forward_max_backoff_s,
-        "key_registry": parse_sink_url(settings.registry).display if settings.registry else None,
-        "limits": {
-            "max_body_bytes": settings.max_body_bytes,
-            "max_event_bytes": settings.max_event_bytes,
-            "max_depth": settings.max_depth,
-            "rate_limit_events_per_s": settings.rate_limit_events_per_s,
-            "rate_limit_burst": settings.rate_limit_burst,
-            "max_head_bytes": settings.max_head_bytes,
-            "max_headers": settings.max_headers,
-            "request_timeout_s": settings.request_timeout_s,
-            "shutdown_timeout_s": settings.shutdown_timeout_s,
-            "max_connections": settings.max_connections,
-            "max_buffered_bytes": settings.max_buffered_bytes,
-        },
-        "dedup_window_s": settings.dedup_window_s,
-        "dedup_max_entries": settings.dedup_max_entries,
-        "cors_origins": list(settings.cors_origins),
-        "log_level": settings.log_level,
-        "access_log": settings.access_log,
-        "metrics_per_project": settings.metrics_per_project,
-        "metrics_access": "token" if settings.metrics_token else "this host only",
-    }
+    """What an operator needs to know of a starting node: every setting, by group, a
+    secret only redacted (URLs without passwords, whether a token is set) or not at all."""
+    return {"version": version("trubrics-ingestion"), **shown(settings)}
 
 
 def uvicorn_config(

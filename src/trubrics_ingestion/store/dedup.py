@@ -25,8 +25,6 @@ import time
 from collections import OrderedDict
 from enum import Enum
 
-DEFAULT_WINDOW_S = 600.0
-DEFAULT_MAX_ENTRIES = 100_000  # about 28 MB at most
 PRUNE_ROWS = 10_000
 
 
@@ -55,9 +53,7 @@ def _digest(project: str, source: str, data: bytes) -> bytes:
 class RecentBatches:
     """Digests of the batches journaled within the window, oldest first."""
 
-    def __init__(
-        self, *, window_s: float = DEFAULT_WINDOW_S, max_entries: int = DEFAULT_MAX_ENTRIES
-    ) -> None:
+    def __init__(self, *, window_s: float, max_entries: int) -> None:
         self._window_s = window_s
         self._max_entries = max_entries
         self._seen: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from ..config import DEFAULTS
 from ..errors import IdempotencyConflict, StorageUnavailable
-from .dedup import DEFAULT_MAX_ENTRIES, DEFAULT_WINDOW_S, RecentBatches, Verdict, batch_digests
+from .dedup import RecentBatches, Verdict, batch_digests
 from .sqlite import connect, transaction
 
 log = logging.getLogger("trubrics_ingestion.journal")
@@ -78,8 +79,8 @@ class Journal:
         self,
         database: Path,
         *,
-        dedup_window_s: float = DEFAULT_WINDOW_S,
-        dedup_max_entries: int = DEFAULT_MAX_ENTRIES,
+        dedup_window_s: float = DEFAULTS.dedup_window_s,
+        dedup_max_entries: int = DEFAULTS.dedup_max_entries,
         max_batches_per_commit: int = 256,
         metrics: CommitMetrics | None = None,
     ) -> None:
