@@ -13,7 +13,7 @@ from typing import Any
 import click
 import pytest
 
-from conftest import CLI
+from support.node import CLI
 from trubrics_ingestion import cli
 from trubrics_ingestion.config import DEFAULTS, SETTINGS, Declared, Settings, shown
 from trubrics_ingestion.forward import forwarder
