@@ -42,6 +42,20 @@ def test_too_many_headers_get_431(node: Node) -> None:
     assert refused(node, 431) == 1
 
 
+def test_a_request_the_parser_refuses_gets_400_with_a_detail(node: Node) -> None:
+    """uvicorn answers these in plain text; ours, like every refusal, in JSON naming why."""
+    twice = b"content-length: 2\r\n" * 2
+    cases = {
+        b"POST /publish_events HTTP/1.1\r\nhost: x\r\n" + twice + b"\r\n[]": "Content-Length",
+        b"GARBAGE\r\n\r\n": "method",
+    }
+    for head, named in cases.items():
+        status, body = raw_request(node.port, head)
+        assert status == 400 and named in str(body["detail"]), body
+    assert refused(node, 400) == 2
+    assert node.post("/publish_events", [EVENT]).status_code == 200, "the node serves on"
+
+
 def test_oversized_head_gets_431_without_memory_growth(node: Node) -> None:
     with socket.create_connection(("127.0.0.1", node.port), timeout=10) as sock:
         sock.sendall(b"POST /publish_events HTTP/1.1\r\nhost: x\r\n")

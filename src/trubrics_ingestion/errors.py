@@ -1,6 +1,6 @@
 """Every way a request can fail, each with one status and one ``detail``.
 
-Handlers raise these; only ``app.py`` turns them into responses, so a status code is
+Handlers raise these; only ``ingest.app`` turns them into responses, so a status code is
 chosen in exactly one place and an unexpected exception can never leak as a 500 with a
 stack trace for something the client did. Each also has a ``reason``: a short fixed label
 for metrics and the access log (``REJECTION_REASONS`` lists every one).
@@ -48,7 +48,7 @@ class MethodNotAllowed(IngestionError):
 
 
 class MetricsTokenRequired(IngestionError):
-    """A node's internals asked for without its metrics token (see ``access.py``)."""
+    """A node's internals asked for without its metrics token (see ``ingest.access``)."""
 
     status = 401
     reason = "metrics_token_required"  # not a batch's: never counted as one

@@ -94,7 +94,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def send_400_response(self, msg: str) -> None:
-        """uvicorn's answer to any parser error, ours included: tell ours apart."""
+        """uvicorn's answer to any parser error, ours included: tell ours apart, and answer
+        the parser's own (a repeated Content-Length, a bad method...) in JSON with a
+        ``detail`` naming it, like every other refusal, not uvicorn's plain text."""
         if isinstance(self._parser_error_cause(), _HeadTooLarge):
             detail = (
                 f"Request head too large: at most {self.limits.max_headers} headers and"
@@ -102,7 +104,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             )
             self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, detail)
         else:
-            super().send_400_response(msg)
+            error = sys.exc_info()[1]
+            named = f": {error}" if error is not None and str(error) else ""
+            self._refuse(HTTPStatus.BAD_REQUEST, f"Malformed HTTP request{named}.")
 
     def _count_head(self, size: int) -> None:
         self._head_bytes += size

@@ -3,7 +3,7 @@
 ``serve --registry URL`` makes a node take its keys from here instead of its own store,
 and ``keys create|list|revoke --registry URL`` manage them. It offers what the node's
 store offers (``keys.KeyStore``): every change bumps a version in its own transaction,
-and nodes poll that one row (``auth.PolledKeyCache``), reloading the keys only when it
+and nodes poll that one row (``cache.PolledKeyCache``), reloading the keys only when it
 moved. Only hashes are stored, as in the node's store.
 
 The tables are prefixed ``trubrics_`` because the registry often shares a database with

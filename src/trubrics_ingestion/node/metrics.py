@@ -94,8 +94,8 @@ class Metrics:
         )
         self._refused = Counter(
             "trubrics_connections_refused",
-            "Requests answered before reaching the app, by status: 431 head too large,"
-            " 408 not received in time, 503 too many open connections.",
+            "Requests answered before reaching the app, by status: 400 malformed, 431 head"
+            " too large, 408 not received in time, 503 too many open connections.",
             ("status",),
             registry=registry,
         )
@@ -164,7 +164,7 @@ class Metrics:
         self._dedup_hits.inc()
 
     def refused(self, status: int) -> None:
-        """A request the connection layer (``protocol.py``) answered itself."""
+        """A request the connection layer (``ingest.connection``) answered itself."""
         self._refused.labels(str(status)).inc()
 
     # --- the journal's writer thread ----------------------------------------------------

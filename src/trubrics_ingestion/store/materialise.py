@@ -3,7 +3,7 @@
 Writing 100 rows costs several times more than journaling the batch as one row, and
 building them is Python work that would hold the GIL against the request loop. So the
 server only journals (``journal.py``), and low-priority child processes
-(``trubrics-ingestion events materialise --follow``, see ``children.py``) turn batches
+(``trubrics-ingestion events materialise --follow``, see ``node.children``) turn batches
 into rows: under load they yield the CPU to ingestion and the backlog waits durably in
 the journal; when load drops they catch up.
 
