@@ -1,10 +1,15 @@
 """A node under load, for the benchmarks: start a server, load it with wrk, check its store.
 
-Shared by bench/run.py (floor and durable rounds), bench/forward.py (a backlog to forward)
-and bench/end_to_end.py (a node forwarding to real engines while loaded). A server runs
-on a free loopback port with its own data dir and a real key made by the real CLI; wrk
-sends bench/publish.lua's 100-event batches on keep-alive connections and reports exact
-counts, so that what the store holds can be checked against what was acknowledged.
+Shared by bench/run.py (raw floor, app floor and node rounds), bench/forward.py (a backlog
+to forward) and bench/end_to_end.py (a node forwarding to real engines while loaded). A
+server runs on a free loopback port with its own data dir and a real key made by the real
+CLI; wrk sends bench/publish.lua's 100-event batches on keep-alive connections and reports
+exact counts, so that what the store holds can be checked against what was acknowledged.
+
+With two cores or more (and util-linux's ``taskset``), every server and all its children
+run on one core and wrk on another, as issue 10 measures: the node cannot borrow wrk's
+core, and its CPU per event is the node's alone. A server's CPU and memory are those of
+its whole process tree (materialisers, forwarder), read from /proc.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sqlite3
@@ -35,6 +41,8 @@ START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 30.0
 RESULT_PREFIX = "BENCH_RESULT "
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+QUIET_WINDOW_S = 0.5
+QUIET_CPU_S = 0.02  # a node using under 4% of a core over QUIET_WINDOW_S is idle
 
 
 @dataclass
@@ -95,6 +103,31 @@ class Server:
         return self.data_dir / "trubrics.db"
 
 
+@dataclass(frozen=True)
+class Pinning:
+    """The ``taskset`` prefixes for servers and for wrk (empty: not pinned), and why."""
+
+    server: tuple[str, ...]
+    wrk: tuple[str, ...]
+    note: str
+
+
+def pinning() -> Pinning:
+    """Server tree on the first core this process may use, wrk on the second."""
+    cores = sorted(os.sched_getaffinity(0))
+    taskset = shutil.which("taskset")
+    if len(cores) < 2:
+        return Pinning((), (), f"NOT PINNED: only {len(cores)} core available")
+    if taskset is None:
+        return Pinning((), (), "NOT PINNED: taskset (util-linux) is missing")
+    server, wrk = (str(core) for core in cores[:2])
+    note = f"server and its children pinned to core {server}, wrk to core {wrk}"
+    return Pinning((taskset, "-c", server), (taskset, "-c", wrk), note)
+
+
+PINNING = pinning()
+
+
 # --- servers -------------------------------------------------------------------------
 
 
@@ -118,11 +151,13 @@ def create_key(data_dir: Path) -> str:
 
 
 def server_command(kind: str, port: int, data_dir: Path, serve_args: Sequence[str]) -> list[str]:
-    """The floor is bench/floor.py; any other kind is the product's own ``serve``."""
+    """The floors are bench/raw_floor.py and bench/floor.py; any other kind is the
+    product's own ``serve``. Pinned (``PINNING``): children inherit the core."""
     common = ["--port", str(port), "--data-dir", str(data_dir)]
-    if kind == "floor":
-        return [sys.executable, str(BENCH / "floor.py"), *common]
-    return [*CLI, "serve", *common, *serve_args]
+    floors = {"raw": "raw_floor.py", "floor": "floor.py"}
+    if kind in floors:
+        return [*PINNING.server, sys.executable, str(BENCH / floors[kind]), *common]
+    return [*PINNING.server, *CLI, "serve", *common, *serve_args]
 
 
 @contextmanager
@@ -173,9 +208,12 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 # --- load ----------------------------------------------------------------------------
 
 
-def run_wrk(server: Server, seconds: int, wrk: Wrk) -> Load:
-    """One bounded wrk run against loopback; fails loudly if the script did not report."""
+def run_wrk(server: Server, seconds: int, wrk: Wrk, delay_ms: int | None = None) -> Load:
+    """One bounded wrk run against loopback; fails loudly if the script did not report.
+    ``delay_ms``: each connection waits that long after a response before its next request
+    (publish.lua's ``delay()``), to load the server below its saturating rate."""
     command = [
+        *PINNING.wrk,
         "wrk",
         f"-t{wrk.threads}",
         f"-c{wrk.connections}",
@@ -188,6 +226,8 @@ def run_wrk(server: Server, seconds: int, wrk: Wrk) -> Load:
         server.url,
     ]
     env = {**os.environ, "BENCH_API_KEY": server.key, "BENCH_RUN": secrets.token_hex(4)}
+    if delay_ms is not None:
+        env["BENCH_DELAY_MS"] = str(delay_ms)
     done = subprocess.run(
         command, capture_output=True, text=True, env=env, timeout=seconds + 60, check=False
     )
@@ -198,35 +238,72 @@ def run_wrk(server: Server, seconds: int, wrk: Wrk) -> Load:
     raise RuntimeError(f"wrk gave no result (exit {done.returncode}):\n{done.stdout}{done.stderr}")
 
 
-def memory_mb(pid: int) -> tuple[float, float]:
-    """Resident set now and its high-water mark, in MiB, from /proc/PID/status."""
-    fields: dict[str, float] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            fields[name] = int(value.split()[0]) / 1024
-    return fields["VmRSS"], fields["VmHWM"]
+def tree_pids(pid: int) -> list[int]:
+    """The process and its live descendants (a process that exits meanwhile is skipped)."""
+    pids = [pid]
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                pids.extend(tree_pids(int(child)))
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return pids
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU the process (all its threads) has used so far."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
+def tree_memory_mb(pid: int) -> tuple[float, float]:
+    """Resident sets now and their high-water marks, each summed over the process tree, in
+    MiB (/proc/PID/status). Pages the processes share count once per process: an upper
+    bound, as an operator's ``ps`` would add it up."""
+    rss = hwm = 0.0
+    for each in tree_pids(pid):
+        try:
+            lines = Path(f"/proc/{each}/status").read_text().splitlines()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for line in lines:
+            name, _, value = line.partition(":")
+            if name == "VmRSS":
+                rss += int(value.split()[0]) / 1024
+            elif name == "VmHWM":
+                hwm += int(value.split()[0]) / 1024
+    return rss, hwm
+
+
+def cpu_seconds(pid: int, *, reaped: bool = False) -> float:
+    """User + system CPU of the process (all threads) so far; ``reaped``: plus that of the
+    children it waited for. 0 if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
     after_name = stat.rsplit(")", 1)[1].split()
-    return (int(after_name[11]) + int(after_name[12])) / CLOCK_TICKS
+    fields = after_name[11:15] if reaped else after_name[11:13]  # utime stime cutime cstime
+    return sum(int(ticks) for ticks in fields) / CLOCK_TICKS
 
 
 def tree_cpu_seconds(pid: int) -> float:
-    """``cpu_seconds`` of the process and of its live descendants (e.g. a PostgreSQL
-    server's backends); a process that exits meanwhile is skipped."""
-    total = 0.0
-    try:
-        total += cpu_seconds(pid)
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            for child in (task / "children").read_text().split():
-                total += tree_cpu_seconds(int(child))
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return total
+    """CPU of the process and its live descendants (a node's materialisers, a PostgreSQL
+    server's backends), with what the children each of them waited for used: a child
+    restarted or exited meanwhile is still counted."""
+    return sum(cpu_seconds(each, reaped=True) for each in tree_pids(pid))
+
+
+def settle(server: Server, timeout_s: float) -> dict[str, Any]:
+    """Wait until the server is idle again: every journaled batch a row (``drain``), then
+    its process tree's CPU quiet. ``idle_s``: how long that took (bounded by
+    ``timeout_s``), the time a load's CPU keeps being counted after wrk stops."""
+    start = time.monotonic()
+    drained = drain(server.database, timeout_s)
+    before = tree_cpu_seconds(server.process.pid)
+    while time.monotonic() - start < timeout_s:
+        time.sleep(QUIET_WINDOW_S)
+        after = tree_cpu_seconds(server.process.pid)
+        if after - before <= QUIET_CPU_S:
+            break
+        before = after
+    else:
+        print(f"\n!!! {server.kind} NOT IDLE AFTER {timeout_s:.0f} s\n", file=sys.stderr)
+    return {**drained, "idle_s": time.monotonic() - start}
 
 
 # --- the store -----------------------------------------------------------------------

@@ -8,6 +8,9 @@
 -- measured run against the same server: otherwise the second run repeats the first's.
 -- done() prints one line starting with "BENCH_RESULT " holding JSON, which run.py reads:
 -- counts are exact there (requests started, 200s, non-200s), latencies in microseconds.
+-- BENCH_DELAY_MS, if set, paces the load: each connection waits that many milliseconds
+-- before each request (wrk's delay() hook), so C connections send at most C * 1000 /
+-- BENCH_DELAY_MS requests/s (less by the response time): run.py's half-rate round.
 
 local key = os.getenv("BENCH_API_KEY")
 if key == nil or key == "" then
@@ -105,6 +108,13 @@ wrk.path = "/publish_events"
 wrk.body = batch(100)
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["x-api-key"] = key
+
+local pace = tonumber(os.getenv("BENCH_DELAY_MS") or "")
+if pace then
+   function delay()
+      return pace
+   end
+end
 
 local threads = {}
 
