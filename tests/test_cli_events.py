@@ -97,6 +97,7 @@ def following(node: Node) -> Iterator[Following]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_hear_ctrl_c,
     )
     try:
         assert tail.stdout is not None and tail.stderr is not None
@@ -112,6 +113,13 @@ def following(node: Node) -> Iterator[Following]:
     finally:
         tail.send_signal(signal.SIGINT)
         tail.wait(10)
+
+
+def _hear_ctrl_c() -> None:
+    """In the child before exec: Ctrl-C's default action back. A test run started in the
+    background by a shell without job control inherits SIGINT ignored, and Python then
+    never turns it into KeyboardInterrupt: tail would not hear its Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def lines_of(stream: IO[str]) -> queue.Queue[str]:
