@@ -301,18 +301,17 @@ class Declared:
     @property
     def help(self) -> str:
         """The help text, its default in words when the default is None."""
-        default = f" [default: {self.option.none_means}]" if self.option.none_means else ""
-        return self._filled(self.option.help) + default + "."
+        return self._described(self.option.help)
 
     @property
     def file_help(self) -> str:
         """The help of the ``--NAME-file`` variant."""
         assert self.option.file is not None
-        default = f" [default: {self.option.none_means}]" if self.option.none_means else ""
-        return self._filled(self.option.file) + default + "."
+        return self._described(self.option.file)
 
-    def _filled(self, text: str) -> str:
-        return text.format(flag=self.flag, env=self.env)
+    def _described(self, text: str) -> str:
+        default = f" [default: {self.option.none_means}]" if self.option.none_means else ""
+        return text.format(flag=self.flag, env=self.env) + default + "."
 
 
 def _declared(field: dataclasses.Field[Any], hint: Any) -> Declared:

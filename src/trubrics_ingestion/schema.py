@@ -18,12 +18,13 @@ judged like any other; the slow path runs the same check.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
 
+from .clock import MICROSECOND
 from .errors import InvalidPayload
 
 MAX_BATCH_ITEMS = 100
@@ -35,7 +36,6 @@ Properties = dict[str, Any]
 TIME_RANGE_MSG = "Timestamp is out of range once converted to UTC (years 1 to 9999)"
 # A UTC offset is under a day and a latency at most 7 days: only these years can leave the range.
 _EDGE_YEARS = (1, 9999)
-_MICROSECOND = timedelta(microseconds=1)
 
 
 def storable(moment: datetime | None, latency: float | None = None) -> bool:
@@ -45,7 +45,7 @@ def storable(moment: datetime | None, latency: float | None = None) -> bool:
         return True
     try:  # the same arithmetic as ``expand``: to UTC, then whole microseconds of latency
         utc = moment.astimezone(UTC) if moment.tzinfo is not None else moment
-        utc - round((latency or 0) * 1_000_000) * _MICROSECOND
+        utc - round((latency or 0) * 1_000_000) * MICROSECOND
     except OverflowError:
         return False
     return True

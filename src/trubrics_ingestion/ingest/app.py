@@ -1,6 +1,6 @@
 """The ASGI application: routing, and turning outcomes into responses.
 
-A publish request flows one way: key -> project (``auth``), body within limits
+A publish request flows one way: key -> project (``keys``), body within limits
 (``body``), decode and validate (``schema``), then the journal makes it
 durable, and only then the 200 goes out. This is a plain ASGI class rather than a
 framework route: it is the hot path, and it is small.

@@ -21,7 +21,6 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -37,7 +36,6 @@ _TEXT = ("id", "project", "user_id", "event", "thread_id", "source")
 _SELECT = "SELECT seq, {} FROM events".format(
     ", ".join(f"CAST({c} AS BLOB)" if c in (*_TEXT, "properties") else c for c in COLUMNS)
 )
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _UNREADABLE = (ValueError, TypeError, OverflowError)  # UnicodeDecodeError, msgspec.DecodeError
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 OnUnreadable = Callable[[int, str], None]
