@@ -301,7 +301,7 @@ def encode_json_lines(rows: Sequence[Row], span: tuple[int, int] = DATETIME64_SP
     low, high = span
     seconds: dict[int, str] = {}  # "YYYY-MM-DDThh:mm:ss.%06dZ" by second since the epoch
     last_received, got_text = None, ""
-    for _seq, id_, project, user, event, timestamp, thread, props, received, source in rows:
+    for id_, project, user, event, timestamp, thread, props, received, source in rows:
         at = low if timestamp < low else high if timestamp > high else timestamp
         second, micros = divmod(at, 1_000_000)
         at_text = (seconds.get(second) or _second_format(seconds, second)) % micros

@@ -161,12 +161,12 @@ def encode_copy(rows: Sequence[Row]) -> bytes:
     Written for speed, as the forwarder's CPU competes with the engine's on small machines:
     the ids are converted from hex in one call for the whole batch, and each tuple is
     assembled by a single join."""
-    ids = bytes.fromhex("".join([row[1] for row in rows]).replace("-", ""))
+    ids = bytes.fromhex("".join([row[0] for row in rows]).replace("-", ""))
     out = [_HEADER]
     add = out.append
     join = b"".join
     start = 0
-    for _seq, _id, project, user, event, timestamp, thread, props, received, source in rows:
+    for _id, project, user, event, timestamp, thread, props, received, source in rows:
         if _has_nul(project, user, event, thread, props):
             project, user, event = (
                 text.replace(_NUL, _REPLACEMENT) for text in (project, user, event)

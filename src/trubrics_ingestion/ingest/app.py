@@ -37,7 +37,7 @@ from ..errors import (
     NotFound,
     ShuttingDown,
 )
-from ..schema import Source
+from ..schema import Item, Source
 from .access import OperatorAccess
 from .body import BodyBudget, ClientDisconnected, Hold, read_body
 from .limits import PayloadLimits
@@ -93,6 +93,8 @@ class Journal(Protocol):
         body: bytes,
         received_at: int,
         idempotency_key: str | None = None,
+        *,
+        items: Sequence[Item],
     ) -> bool:
         """True when stored, False when the batch repeats one already stored."""
 
@@ -336,7 +338,9 @@ class IngestionApp:
             return 200, b'{"status":"success","events":0}', _JSON
         events = len(items) * EXPANSION[source]
         self._rate.take(project, events)
-        stored = await self._journal.append(project, source, body, received_at, idempotency_key)
+        stored = await self._journal.append(
+            project, source, body, received_at, idempotency_key, items=items
+        )
         if stored:
             exchange.events = events
             return 200, b'{"status":"success","events":%d}' % events, _JSON

@@ -2,8 +2,8 @@
 
 Our loggers, uvicorn's, asyncio's, warnings and uncaught exceptions all go through the
 stdlib ``logging`` module to one handler on stderr whose ``JsonFormatter`` writes
-``{"time", "level", "logger", "msg", ...fields}``; the materialiser and forwarder
-children configure the same. Structured fields travel in ``extra={"fields": {...}}``.
+``{"time", "level", "logger", "msg", ...fields}``; the forwarder child configures the
+same. Structured fields travel in ``extra={"fields": {...}}``.
 The access log writes one such line per request (``AccessLog``); it never carries a
 header value, so never a key.
 """

@@ -4,8 +4,7 @@ One ``Metrics`` object is made by ``server.py`` and handed to the app (requests,
 rejections) and to the journal (group commits); tests and the benchmark's floor make
 their own. The hot path only increments children made once (``.labels`` is looked up
 at most once per label set). What lives on disk is read when scraped: the store's size
-from ``stat``, the materialisation backlog and the quarantine from a read-only
-connection, with queries that cost the same whatever the backlog.
+from ``stat``, the quarantine from a read-only connection.
 
 Per-project labels on the event counters are off by default (``metrics_per_project``):
 each project would add series to every scrape. The project only ever comes from a
@@ -195,19 +194,15 @@ _STORE_GAUGES = {
         "trubrics_store_size_bytes",
         "Bytes of the SQLite store on disk: the database file and its write-ahead log.",
     ),
-    "backlog": (
-        "trubrics_materialise_backlog_batches",
-        "Journaled (acknowledged) batches not yet turned into event rows.",
-    ),
     "quarantined": (
         "trubrics_quarantined_batches",
-        "Journaled batches that could not become event rows, kept for an operator.",
+        "Stored batches that could not be expanded into events, kept for an operator.",
     ),
 }
 
 
 class StoreCollector:
-    """Gauges read from the store at scrape time: size on disk, backlog, quarantine."""
+    """Gauges read from the store at scrape time: size on disk, quarantine."""
 
     def __init__(self, database: Path) -> None:
         self._database = database
@@ -221,27 +216,19 @@ class StoreCollector:
         size = sum(_size(path) for path in (self._database, _wal(self._database)))
         yield GaugeMetricFamily(*_STORE_GAUGES["size"], value=size)
         try:
-            backlog, quarantined = self._counts()
+            quarantined = self._quarantined()
         except sqlite3.Error as exc:  # absent gauges say "unknown"; the scrape still works
-            log.warning("cannot read the journal for /metrics: %s", exc)
+            log.warning("cannot read the store for /metrics: %s", exc)
             self.close()
             return
-        yield GaugeMetricFamily(*_STORE_GAUGES["backlog"], value=backlog)
         yield GaugeMetricFamily(*_STORE_GAUGES["quarantined"], value=quarantined)
 
-    def _counts(self) -> tuple[int, int]:
-        """Batches leave the journal oldest first, and numbers are never reused, so
-        max - min + 1 is the backlog: two index probes, not a scan. (A batch quarantined by
-        one materialiser while another still inserts older ones leaves early: for a moment
-        the figure counts it.)"""
+    def _quarantined(self) -> int:
         if self._conn is None:
             uri = self._database.resolve().as_uri() + "?mode=ro"
             self._conn = sqlite3.connect(uri, uri=True, timeout=1, check_same_thread=False)
-        (backlog,) = self._conn.execute(
-            "SELECT coalesce(max(batch) - min(batch) + 1, 0) FROM journal"
-        ).fetchone()
         (quarantined,) = self._conn.execute("SELECT count(*) FROM quarantine").fetchone()
-        return int(backlog), int(quarantined)
+        return int(quarantined)
 
     def close(self) -> None:
         if self._conn is not None:

@@ -1,4 +1,5 @@
-"""Turn validated items into stored event rows, including the LLM expansion.
+"""Turn validated items into events, including the LLM expansion; and the span of their
+timestamps that a batch's narrow row keeps (``batches.py``).
 
 The LLM rules match what the ``trubrics`` Python SDK did client-side before 1.8: each
 LLM event becomes a prompt event and a generation event. We additionally link the two
@@ -8,13 +9,14 @@ top-level ``thread_id`` that SDK 1.8 sends.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import Any, NamedTuple, cast
 
 import msgspec
 
 from ..clock import to_micros
-from ..schema import Event, Item, LLMEvent
+from ..schema import Event, Item, LLMEvent, Source
 
 PROMPT_EVENT = "Prompt"
 GENERATION_EVENT = "Generation"
@@ -23,7 +25,7 @@ _encode = msgspec.json.Encoder().encode
 
 
 class EventRow(NamedTuple):
-    """One stored event, in the column order of the ``events`` table."""
+    """One event as readers and forwarders see it (and as the engines' tables hold it)."""
 
     id: str
     project: str
@@ -34,6 +36,42 @@ class EventRow(NamedTuple):
     properties: str  # a JSON object
     received_at: int  # microseconds since the Unix epoch, UTC
     source: str  # "event" or "llm"
+
+
+class Span(NamedTuple):
+    """What the narrow row says about a batch's events, computed once when it is journaled."""
+
+    events: int
+    first_at: int  # at most the earliest event timestamp (microseconds since the epoch)
+    last_at: int  # at least the latest one
+
+
+def span(items: Sequence[Item], source: Source, received_at: int) -> Span:
+    """The batch's event count and time bounds, for counting and time-range reads.
+
+    Bounds, not exact values, keep this cheap (a ``min``/``max`` in C over the decoded
+    datetimes): an LLM event's prompt lies ``latency`` before its generation, so the lower
+    bound takes the largest latency off the earliest generation. Readers filter each event
+    by its own timestamp; the bounds only choose the batches worth opening."""
+    if source == "event":
+        events = cast(Sequence[Event], items)
+        first, last = _extremes([item.timestamp for item in events])
+        return Span(len(items), first, last)
+    llm = cast(Sequence[LLMEvent], items)
+    moments = [item.timestamp for item in llm if item.timestamp is not None]
+    first, last = _extremes(moments) if moments else (received_at, received_at)
+    if len(moments) < len(llm):  # a generation without a timestamp is at receive time
+        first, last = min(first, received_at), max(last, received_at)
+    latency = max((item.latency or 0.0 for item in llm), default=0.0)
+    return Span(2 * len(items), first - round(latency * 1_000_000), last)
+
+
+def _extremes(moments: list[datetime]) -> tuple[int, int]:
+    try:
+        return to_micros(min(moments)), to_micros(max(moments))
+    except TypeError:  # naive and aware datetimes together do not compare: convert each
+        micros = [to_micros(moment) for moment in moments]
+        return min(micros), max(micros)
 
 
 def expand(

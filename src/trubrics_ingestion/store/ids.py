@@ -4,7 +4,7 @@ An id is built from the batch's receive time, the node's id, the journal batch n
 and the event's position in the batch. Ids therefore sort by time (B-tree inserts stay
 at the right edge, unlike random uuid4 keys), never collide within a node, differ
 between nodes through the node id, and come out the same if a batch is ever
-materialised again, which keeps downstream writes idempotent.
+expanded again, which keeps downstream writes idempotent.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Request handlers ``await journal.append(...)``; the writer thread takes everything queued
 at that moment, inserts each batch as one row, commits once (an fsync with
 ``synchronous=FULL``) and only then resolves the handlers' futures. Concurrent requests
-thus share a commit, and throughput is not capped by the disk's fsync rate. Turning
-batches into per-event rows happens elsewhere, later (``materialise.py``).
+thus share a commit, and throughput is not capped by the disk's fsync rate. A batch is
+stored as it came, beside a narrow row saying what it holds (``batches.py``): it becomes
+events only when it is read.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ import shutil
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 from ..config import DEFAULTS
 from ..errors import IdempotencyConflict, StorageUnavailable
+from ..schema import Item, Source
 from .dedup import RecentBatches, Verdict, batch_digests
+from .expand import span
 from .sqlite import connect, transaction
 
 log = logging.getLogger("trubrics_ingestion.journal")
@@ -37,6 +41,7 @@ class Entry:
     source: str
     received_at: int
     body: bytes
+    items: Sequence[Item]
     idempotency_key: str | None
     future: asyncio.Future[bool]
     loop: asyncio.AbstractEventLoop
@@ -46,7 +51,11 @@ _STOP = object()
 PRUNE_EVERY_S = 1.0
 PROBE_EVERY_S = 1.0  # while commits fail and nothing is queued: how often to try a write
 PROBE_MARGIN_BYTES = 1 << 20  # free space wanted beyond what the failed commit needed
-LOCK_POLL_S = 0.0002  # while a materialiser writes: ask for the lock this often
+LOCK_POLL_S = 0.0002  # while a forwarder writes its cursor: ask for the lock this often
+_INSERT = (
+    "INSERT INTO batches (batch, project, source, received_at, events, first_at, last_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 class CommitMetrics(Protocol):
@@ -110,8 +119,11 @@ class Journal:
         body: bytes,
         received_at: int,
         idempotency_key: str | None = None,
+        *,
+        items: Sequence[Item],
     ) -> bool:
         """True once the batch is durably committed, False if it repeats one that was.
+        ``items`` are what ``body`` decoded to (the narrow row's counts and times).
 
         Raises ``StorageUnavailable`` if it could not be stored, ``IdempotencyConflict``
         if its ``Idempotency-Key`` was used for another body.
@@ -120,7 +132,8 @@ class Journal:
             raise StorageUnavailable("The server is shutting down; nothing was stored.")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
-        self._queue.put(Entry(project, source, received_at, body, idempotency_key, future, loop))
+        entry = Entry(project, source, received_at, body, items, idempotency_key, future, loop)
+        self._queue.put(entry)
         return await future
 
     def ready(self) -> bool:
@@ -183,14 +196,12 @@ class Journal:
         try:
             with transaction(conn, poll_s=LOCK_POLL_S):
                 verdicts = [self._admit(conn, entry, remembered) for entry in entries]
-                conn.executemany(
-                    "INSERT INTO journal (project, source, received_at, body) VALUES (?, ?, ?, ?)",
-                    [
-                        (e.project, e.source, e.received_at, e.body)
-                        for e, verdict in zip(entries, verdicts, strict=True)
-                        if verdict is Verdict.NEW
-                    ],
-                )
+                new = [
+                    e
+                    for e, verdict in zip(entries, verdicts, strict=True)
+                    if verdict is Verdict.NEW
+                ]
+                insert(conn, new)
                 self._prune_now_and_then(conn)
             outcomes = list(verdicts)
         except sqlite3.Error as exc:
@@ -245,6 +256,46 @@ class Journal:
         if now - self._pruned_at >= PRUNE_EVERY_S:
             self._recent.prune(conn)
             self._pruned_at = now
+
+
+class NewBatch(Protocol):
+    """A validated batch to store: what ``insert`` needs of an ``Entry``."""
+
+    @property
+    def project(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def received_at(self) -> int: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def items(self) -> Sequence[Item]: ...
+
+
+def insert(conn: sqlite3.Connection, entries: Sequence[NewBatch]) -> None:
+    """Store the entries as the next batches, in the caller's transaction. They are
+    numbered here, not by SQLite, so that the bodies can share the numbers in one
+    statement: batches have no other writer than the journal."""
+    (last,) = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'batches'").fetchone()
+    numbers = range(last + 1, last + 1 + len(entries))
+    conn.executemany(
+        _INSERT,
+        [
+            (
+                n,
+                e.project,
+                e.source,
+                e.received_at,
+                *span(e.items, cast(Source, e.source), e.received_at),
+            )
+            for n, e in zip(numbers, entries, strict=True)
+        ],
+    )
+    conn.executemany(
+        "INSERT INTO bodies (batch, body) VALUES (?, ?)",
+        [(n, e.body) for n, e in zip(numbers, entries, strict=True)],
+    )
 
 
 def _resolve(entry: Entry, outcome: Verdict | Exception) -> None:

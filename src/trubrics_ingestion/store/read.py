@@ -1,12 +1,11 @@
 """Reading stored events back: count, export, tail.
 
-Every reader first materialises whatever is still only in the journal (``catch_up``), so
-it sees every acknowledged event even while a busy server lags behind.
+Counting sums the batches' narrow rows; exports and tails expand the batches they read
+(``batches.py``), and a time range opens only the batches whose events may lie in it.
 
-One stored row that cannot be read (a time out of range, properties that are not JSON,
-text that is not UTF-8: an older server, or a hand edit, may have stored one) never stops
-a reader: it is handed to ``on_unreadable`` with its ``seq`` and the reason, and the
-reader goes on with the next row.
+A stored batch that cannot be read (a hand edit, or a bug) never stops a reader: it is
+handed to ``on_unreadable`` with its number and the reason, and the reader goes on with
+the next batch.
 
 CSV is for spreadsheets, which run a cell starting with ``=``, ``+``, ``-``, ``@``, a tab
 or a carriage return as a formula: such cells get a leading ``'`` (OWASP's advice against
@@ -26,45 +25,37 @@ from typing import Any
 import msgspec
 
 from ..clock import format_time
+from . import batches
 from .expand import EventRow
-from .materialise import catch_up
 
 COLUMNS = EventRow._fields  # what an export record holds, in this order
-# Text read as bytes and decoded here: a row that is not UTF-8 would otherwise stop the
-# cursor itself (sqlite3 raises on fetching it, and again on every later fetch).
-_TEXT = ("id", "project", "user_id", "event", "thread_id", "source")
-_SELECT = "SELECT seq, {} FROM events".format(
-    ", ".join(f"CAST({c} AS BLOB)" if c in (*_TEXT, "properties") else c for c in COLUMNS)
-)
-_UNREADABLE = (ValueError, TypeError, OverflowError)  # UnicodeDecodeError, msgspec.DecodeError
+_UNREADABLE = (ValueError, TypeError, OverflowError)  # msgspec.DecodeError included
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 OnUnreadable = Callable[[int, str], None]
 
 
-class UnreadableRow(Exception):
-    """A stored row that cannot be turned into a record (by default, readers raise this)."""
+class UnreadableBatch(Exception):
+    """A stored batch that cannot be turned into records (by default, readers raise this)."""
 
 
 class Skipped:
-    """An ``on_unreadable`` for the command line: one line on stderr per skipped row, as
+    """An ``on_unreadable`` for the command line: one line on stderr per skipped batch, as
     it is met, and how many there were."""
 
     def __init__(self) -> None:
         self.count = 0
 
-    def __call__(self, seq: int, reason: str) -> None:
+    def __call__(self, batch: int, reason: str) -> None:
         self.count += 1
-        print(f"skipped stored event seq {seq}: {reason}", file=sys.stderr, flush=True)
+        print(f"skipped stored batch {batch}: {reason}", file=sys.stderr, flush=True)
 
 
-def _refuse(seq: int, reason: str) -> None:
-    raise UnreadableRow(f"stored event seq {seq}: {reason}")
+def _refuse(batch: int, reason: str) -> None:
+    raise UnreadableBatch(f"stored batch {batch}: {reason}")
 
 
 def count(conn: sqlite3.Connection, project: str | None = None) -> int:
-    catch_up(conn)
-    where, args = _filters(project, None, None)
-    return int(conn.execute(f"SELECT count(*) FROM events{where}", args).fetchone()[0])
+    return batches.total(conn, project)
 
 
 def export(
@@ -76,12 +67,18 @@ def export(
     on_unreadable: OnUnreadable = _refuse,
 ) -> Iterator[dict[str, Any]]:
     """Events in the order they were stored, as export records."""
-    catch_up(conn)
-    where, args = _filters(project, since, until)
-    for row in conn.execute(f"{_SELECT}{where} ORDER BY seq", args):
-        record = _record(row, on_unreadable)
-        if record is not None:
-            yield record
+    numbers = batches.matching(conn, project=project, since=since, until=until)
+    yield from _records(conn, list(numbers), since, until, on_unreadable)
+
+
+def rows(conn: sqlite3.Connection, *, after: int = 0) -> Iterator[EventRow]:
+    """The events of every batch after batch ``after``, as forwarders see them (for tools:
+    an unexpandable batch raises ``batches.Unexpandable``)."""
+    node = batches.node_id(conn)
+    for number in list(batches.matching(conn, after=after)):
+        stored = batches.read(conn, number)
+        if stored is not None:
+            yield from batches.events_of(stored, node)
 
 
 def tail(
@@ -91,19 +88,48 @@ def tail(
     poll_s: float = 0.2,
     on_unreadable: OnUnreadable = _refuse,
 ) -> Iterator[dict[str, Any]]:
-    """New events as they arrive, forever; starts after the newest stored event."""
-    catch_up(conn)
-    last = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
-    where, args = _filters(project, None, None)
-    where += " AND seq > ?" if where else " WHERE seq > ?"
+    """New events as they arrive, forever; starts after the newest stored batch."""
+    last = batches.newest(conn)
     while True:
-        catch_up(conn)
-        for row in conn.execute(f"{_SELECT}{where} ORDER BY seq", (*args, last)):
-            last = row[0]
-            record = _record(row, on_unreadable)
-            if record is not None:
-                yield record
+        numbers = list(batches.matching(conn, project=project, after=last))
+        yield from _records(conn, numbers, None, None, on_unreadable)
+        last = numbers[-1] if numbers else last
         time.sleep(poll_s)
+
+
+def _records(
+    conn: sqlite3.Connection,
+    numbers: list[int],
+    since: int | None,
+    until: int | None,
+    on_unreadable: OnUnreadable,
+) -> Iterator[dict[str, Any]]:
+    """The events of the numbered batches within ``[since, until)``, as records."""
+    node = batches.node_id(conn)
+    for number in numbers:
+        stored = batches.read(conn, number)
+        if stored is None:  # pruned meanwhile
+            continue
+        try:
+            events = batches.events_of(stored, node)
+            records = [
+                _record(event)
+                for event in events
+                if (since is None or event.timestamp >= since)
+                and (until is None or event.timestamp < until)
+            ]
+        except (batches.Unexpandable, *_UNREADABLE) as exc:
+            on_unreadable(number, f"{type(exc).__name__}: {exc}")
+            continue
+        yield from records
+
+
+def _record(event: EventRow) -> dict[str, Any]:
+    record = event._asdict()
+    record["timestamp"] = format_time(event.timestamp)
+    record["received_at"] = format_time(event.received_at)
+    record["properties"] = msgspec.json.decode(event.properties)
+    return record
 
 
 def to_ndjson(record: dict[str, Any]) -> str:
@@ -129,34 +155,3 @@ def _inert(cell: Any) -> Any:
     if isinstance(cell, str) and cell.startswith(_FORMULA_STARTS):
         return "'" + cell
     return cell
-
-
-def _record(row: tuple[Any, ...], on_unreadable: OnUnreadable) -> dict[str, Any] | None:
-    """The row as an export record, or None once ``on_unreadable`` was told why not."""
-    record = dict(zip(COLUMNS, row[1:], strict=True))
-    try:
-        for column in _TEXT:
-            if record[column] is not None:
-                record[column] = record[column].decode()
-        record["timestamp"] = format_time(record["timestamp"])
-        record["received_at"] = format_time(record["received_at"])
-        record["properties"] = msgspec.json.decode(record["properties"])
-    except _UNREADABLE as exc:
-        on_unreadable(row[0], f"{type(exc).__name__}: {exc}")
-        return None
-    return record
-
-
-def _filters(
-    project: str | None, since: int | None, until: int | None
-) -> tuple[str, tuple[Any, ...]]:
-    clauses, args = [], []
-    for clause, value in (
-        ("project = ?", project),
-        ("timestamp >= ?", since),
-        ("timestamp < ?", until),
-    ):
-        if value is not None:
-            clauses.append(clause)
-            args.append(value)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
