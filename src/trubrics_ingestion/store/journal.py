@@ -26,7 +26,7 @@ from typing import Protocol, cast
 from ..config import DEFAULTS
 from ..errors import IdempotencyConflict, StorageUnavailable
 from ..schema import Item, Source
-from .dedup import RecentBatches, Verdict, batch_digests
+from .dedup import RecentBatches, Verdict, fingerprint
 from .expand import span
 from .sqlite import connect, transaction
 
@@ -195,15 +195,8 @@ class Journal:
         started = time.perf_counter()
         try:
             with transaction(conn, poll_s=LOCK_POLL_S):
-                verdicts = [self._admit(conn, entry, remembered) for entry in entries]
-                new = [
-                    e
-                    for e, verdict in zip(entries, verdicts, strict=True)
-                    if verdict is Verdict.NEW
-                ]
-                insert(conn, new)
+                outcomes = list(self._store_new(conn, entries, remembered))
                 self._prune_now_and_then(conn)
-            outcomes = list(verdicts)
         except sqlite3.Error as exc:
             log.error("journal commit of %d batches failed: %s", len(entries), exc)
             self._metrics.commit_failed()
@@ -217,6 +210,23 @@ class Journal:
             self._recovered()
         for entry, outcome in zip(entries, outcomes, strict=True):
             _resolve(entry, outcome)
+
+    def _store_new(
+        self, conn: sqlite3.Connection, entries: list[Entry], remembered: list[bytes]
+    ) -> list[Verdict]:
+        """Insert the entries that repeat no stored batch (nor one before them in this
+        commit); the verdict of each."""
+        first = _next_batch(conn)
+        pending: dict[int, tuple[str, bytes]] = {}  # this commit's new batches, by number
+        verdicts = []
+        for entry in entries:
+            number = first + len(pending)
+            verdict = self._admit(conn, entry, number, pending, remembered)
+            if verdict is Verdict.NEW:
+                pending[number] = (entry.source, entry.body)
+            verdicts.append(verdict)
+        insert(conn, [e for e, v in zip(entries, verdicts, strict=True) if v is Verdict.NEW], first)
+        return verdicts
 
     def _probe(self, conn: sqlite3.Connection) -> None:
         """Enough free space for what failed, and a write that changes nothing but still
@@ -237,16 +247,24 @@ class Journal:
             self._failing = False
             log.warning("journal commits succeed again")
 
-    def _admit(self, conn: sqlite3.Connection, entry: Entry, remembered: list[bytes]) -> Verdict:
-        """Is this batch new, or a retry of one already journaled (or earlier in this group)?"""
+    def _admit(
+        self,
+        conn: sqlite3.Connection,
+        entry: Entry,
+        number: int,
+        pending: dict[int, tuple[str, bytes]],
+        remembered: list[bytes],
+    ) -> Verdict:
+        """Is this batch new (to be stored as ``number``), or a retry of one already
+        journaled (or earlier in this commit)?"""
         if not self._recent.enabled:
             return Verdict.NEW
-        digest, body_digest = batch_digests(
-            entry.project, entry.source, entry.body, entry.idempotency_key
-        )
-        verdict = self._recent.check(digest, body_digest)
+        key = entry.idempotency_key
+        digest = fingerprint(entry.project, entry.source, entry.body, key)
+        keyed = key is not None
+        verdict = self._recent.check(conn, digest, entry.source, entry.body, pending, keyed=keyed)
         if verdict is Verdict.NEW:
-            if self._recent.remember(conn, digest, body_digest):
+            if self._recent.remember(conn, digest, number):
                 self._metrics.dedup_evicted()
             remembered.append(digest)
         return verdict
@@ -273,12 +291,17 @@ class NewBatch(Protocol):
     def items(self) -> Sequence[Item]: ...
 
 
-def insert(conn: sqlite3.Connection, entries: Sequence[NewBatch]) -> None:
-    """Store the entries as the next batches, in the caller's transaction. They are
-    numbered here, not by SQLite, so that the bodies can share the numbers in one
-    statement: batches have no other writer than the journal."""
+def _next_batch(conn: sqlite3.Connection) -> int:
     (last,) = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'batches'").fetchone()
-    numbers = range(last + 1, last + 1 + len(entries))
+    return int(last) + 1
+
+
+def insert(conn: sqlite3.Connection, entries: Sequence[NewBatch], first: int | None = None) -> None:
+    """Store the entries as the next batches (numbered from ``first``, by default the next
+    number), in the caller's transaction. They are numbered here, not by SQLite, so that
+    bodies and dedup entries can use the numbers: the journal is the only writer."""
+    first = _next_batch(conn) if first is None else first
+    numbers = range(first, first + len(entries))
     conn.executemany(
         _INSERT,
         [

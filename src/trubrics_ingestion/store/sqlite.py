@@ -116,6 +116,15 @@ MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     );
     CREATE TABLE bodies (batch INTEGER PRIMARY KEY, body BLOB NOT NULL);
     CREATE INDEX batches_by_time ON batches (last_at);
+    -- Retries are recognised by a fingerprint naming the stored batch (dedup.py), no
+    -- longer by a digest of the body: the digests of v5 cannot be carried over.
+    DROP TABLE dedup;
+    CREATE TABLE dedup (
+        seq INTEGER PRIMARY KEY,
+        digest BLOB NOT NULL,
+        batch INTEGER NOT NULL,
+        expires_at REAL NOT NULL
+    );
     """,
     upgrade_to_batches,  # events and journal -> batches and bodies (upgrade.py)
 )
