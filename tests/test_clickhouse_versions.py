@@ -406,7 +406,7 @@ def test_the_time_type_follows_the_server_version() -> None:
 
 def test_times_travel_as_iso_strings_clamped_to_the_span() -> None:
     def row(at: int) -> Row:
-        return (1, "id", "p", "u", "e", at, None, "{}", 1_781_956_800_000_001, "event")
+        return Row("id", "p", "u", "e", at, None, "{}", 1_781_956_800_000_001, "event")
 
     def times(span: tuple[int, int], *ats: int) -> list[str]:
         lines = encode_json_lines([row(at) for at in ats], span).splitlines()

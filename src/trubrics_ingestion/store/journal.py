@@ -168,11 +168,13 @@ class Journal:
 
     def _fail_queued(self) -> None:
         """Answer anyone still waiting with a 503: a writer that stopped must not leave hangs."""
+        refused: list[tuple[Entry, Verdict | Exception]] = []
         with contextlib.suppress(queue.Empty):
             while True:
                 item = self._queue.get_nowait()
                 if isinstance(item, Entry):
-                    _resolve(item, StorageUnavailable())
+                    refused.append((item, StorageUnavailable()))
+        _resolve(refused)
 
     def _take(self) -> tuple[list[Entry], bool]:
         """Everything queued right now, waiting for the first; and whether to stop after it."""
@@ -208,8 +210,7 @@ class Journal:
         else:
             self._metrics.commit(len(entries), time.perf_counter() - started)
             self._recovered()
-        for entry, outcome in zip(entries, outcomes, strict=True):
-            _resolve(entry, outcome)
+        _resolve(list(zip(entries, outcomes, strict=True)))
 
     def _store_new(
         self, conn: sqlite3.Connection, entries: list[Entry], remembered: list[bytes]
@@ -321,18 +322,24 @@ def insert(conn: sqlite3.Connection, entries: Sequence[NewBatch], first: int | N
     )
 
 
-def _resolve(entry: Entry, outcome: Verdict | Exception) -> None:
-    """Hand the outcome to the request's event loop, which may have gone away meanwhile."""
+def _resolve(outcomes: list[tuple[Entry, Verdict | Exception]]) -> None:
+    """Hand the outcomes to the requests' event loops (which may have gone away meanwhile),
+    one wake-up per loop: waking a loop is a system call, and a commit holds dozens."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Entry, Verdict | Exception]]] = {}
+    for entry, outcome in outcomes:
+        by_loop.setdefault(entry.loop, []).append((entry, outcome))
+    for loop, settled in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            loop.call_soon_threadsafe(_settle, settled)
 
-    def settle() -> None:
+
+def _settle(outcomes: list[tuple[Entry, Verdict | Exception]]) -> None:
+    for entry, outcome in outcomes:
         if entry.future.done():
-            return
+            continue
         if isinstance(outcome, Exception):
             entry.future.set_exception(outcome)
         elif outcome is Verdict.CONFLICT:
             entry.future.set_exception(IdempotencyConflict())
         else:
             entry.future.set_result(outcome is Verdict.NEW)
-
-    with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-        entry.loop.call_soon_threadsafe(settle)
