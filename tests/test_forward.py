@@ -47,8 +47,8 @@ from trubrics_ingestion.forward import postgres as postgres_sink
 from trubrics_ingestion.forward.forwarder import Backoff
 from trubrics_ingestion.forward.postgres import encode_copy, json_without_nul
 from trubrics_ingestion.schema import Source
-from trubrics_ingestion.store.expand import EventRow
 from trubrics_ingestion.store import read as store_events
+from trubrics_ingestion.store.expand import EventRow
 from trubrics_ingestion.store.sqlite import connect
 
 PROJECT = "demo"
