@@ -30,7 +30,7 @@ import psycopg
 import pytest
 
 from support.engines import ClickHouseCluster, PostgresServer, send_rows
-from support.store import journal
+from support.store import journal, poison
 from support.waiting import wait_until
 from trubrics_ingestion.clock import to_micros
 from trubrics_ingestion.forward import (
@@ -426,6 +426,26 @@ def test_kill_9_mid_forward_then_restart(store: sqlite3.Connection, targets: Tar
         child.wait(10)
     assert targets.pg_count() == 30_000
     assert targets.ch_count() == 30_000
+
+
+def test_a_batch_that_cannot_be_expanded_is_quarantined_not_blocking(
+    store: sqlite3.Connection, targets: Targets, caplog: pytest.LogCaptureFixture
+) -> None:
+    add_events(store, 200)
+    bad = poison(database_of(store), PROJECT)
+    add_events(store, 100)
+    forwarder = Forwarder(database_of(store), targets.urls)
+    try:
+        with caplog.at_level(logging.ERROR, logger="trubrics_ingestion.forward"):
+            forward_all(forwarder)
+    finally:
+        forwarder.close()
+    assert targets.pg_count() == 300
+    assert targets.ch_count() == 300
+    quarantined = store.execute("SELECT batch, error FROM quarantine").fetchall()
+    assert [batch for batch, _ in quarantined] == [bad] and "JSON" in quarantined[0][1]
+    assert any(f"batch {bad}" in r.getMessage() for r in caplog.records), caplog.text
+    assert stored(store) == 300
 
 
 # --- pruning, backoff, URLs (no engines) -----------------------------------------------------

@@ -78,3 +78,16 @@ def test_new_batches_are_numbered_after_every_old_one(tmp_path: Path) -> None:
     assert conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'batches'").fetchone() == (
         30,
     )
+
+
+def test_an_unreadable_old_row_is_set_aside_and_the_rest_kept(tmp_path: Path) -> None:
+    data_dir = _old_store(tmp_path)
+    with sqlite3.connect(data_dir / "trubrics.db") as old:
+        old.execute("UPDATE events SET properties = '{not json' WHERE seq = 40")
+    old.close()
+    exported = [json.loads(line) for line in cli(data_dir, "events", "export").stdout.splitlines()]
+    expected = _expected()
+    assert exported == expected[: 40 - 6] + expected[40 - 6 + 1 :]  # seq 6 is the first row
+    conn = sqlite3.connect(data_dir / "trubrics.db")
+    ((batch, error),) = conn.execute("SELECT batch, error FROM quarantine").fetchall()
+    assert batch == -40 and "JSON" in error
