@@ -31,7 +31,11 @@ engine's own (bench/forward.py; target <= 4 us per event into each); those drain
 against the node's ingest rate (> 1: a backlog drains faster than the node ingests); and
 one end-to-end figure, a node serving with ``--forward-to`` both engines under wrk
 (bench/end_to_end.py). Every engine is checked to hold exactly the events it was sent,
-each once. ``--quick``: the ingest part only, short.
+each once.
+
+Last, reading a big store (bench/big_store.py): ``events count`` and ``events export
+--since`` of the last hour on a store of 30M events, built once and kept in bench/.cache/
+(``--no-big-store`` skips it). ``--quick``: the ingest part only, short.
 
 Exit status 1 means a correctness problem (non-200s, stored != acknowledged, an engine
 holding other events than the store), not a missed target: that is printed as FAIL, and
@@ -54,6 +58,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import big_store
 import end_to_end
 import forward
 from node import (
@@ -95,6 +100,7 @@ class Options:
     forward_events: int
     forward_target: float
     end_to_end_s: int
+    big_store_events: int
     output: Path
 
     @property
@@ -377,16 +383,23 @@ def parse_options(argv: list[str] | None = None) -> Options:
     )
     parser.add_argument("--forward-target", type=float, default=forward.TARGET, help="events/s")
     parser.add_argument("--end-to-end", type=int, default=10, help="seconds of load; 0: skip")
+    parser.add_argument(
+        "--big-store-events", type=int, default=big_store.EVENTS, help="in the big store"
+    )
+    parser.add_argument(
+        "--no-big-store", action="store_true", help="skip reading a big store (bench/big_store.py)"
+    )
     parser.add_argument("--output", type=Path, default=BENCH / "results" / "latest.json")
     parser.add_argument(
         "--quick",
         action="store_true",
         help="ingest only, about 2 minutes: --rounds 2 --duration 8 --forward-rounds 0"
-        " --end-to-end 0 (these win over the options)",
+        " --end-to-end 0 --no-big-store (these win over the options)",
     )
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration, args.forward_rounds, args.end_to_end = 2, 8, 0, 0
+        args.no_big_store = True
     return Options(
         rounds=args.rounds,
         duration_s=args.duration,
@@ -399,6 +412,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         forward_events=args.forward_events,
         forward_target=args.forward_target,
         end_to_end_s=args.end_to_end,
+        big_store_events=0 if args.no_big_store else args.big_store_events,
         output=args.output,
     )
 
@@ -462,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarise(rounds, opts)
         if opts.forward_rounds:
             summary.update(engine_stages(opts, Path(tmp), store))
+        if opts.big_store_events:
+            summary["big_store"] = big_store.measure(opts.big_store_events, Path(tmp))
     print_table(summary, opts)
     ok = summary["verified"] and summary["non200"] == 0
     if "forward" in summary:
@@ -473,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
         e2e = summary["end_to_end"]
         end_to_end.print_summary(e2e, summary["node"]["events_per_s"])
         ok = ok and e2e["verified"] and e2e["non200"] == 0
+    if "big_store" in summary:
+        big_store.print_summary(summary["big_store"])
+        ok = ok and summary["big_store"].get("verified", True)
     write_json(rounds, summary, opts)
     return 0 if ok else 1
 
