@@ -151,14 +151,16 @@ class Engines:
             )
         return found
 
-    def cpu_seconds(self) -> dict[str, float]:
-        """CPU used so far by each engine's processes (ZooKeeper aside: it has no part in
-        inserts into tables that are not replicated)."""
-        clickhouse = (shard.process.pid for shard in self.clickhouse.nodes)
-        return {
-            "postgresql": node.tree_cpu_seconds(_pid(self.postgres.process.pid)),
-            "clickhouse": sum(node.tree_cpu_seconds(_pid(pid)) for pid in clickhouse),
-        }
+    def cpu_seconds(self, dests: Sequence[Destination]) -> dict[str, float]:
+        """CPU used so far by the processes of each engine of ``dests`` (ZooKeeper aside: it
+        has no part in inserts into tables that are not replicated)."""
+        return {dest.engine: self._engine_cpu_seconds(dest.engine) for dest in dests}
+
+    def _engine_cpu_seconds(self, engine: str) -> float:
+        if engine == "postgresql":
+            return node.tree_cpu_seconds(_pid(self.postgres.process.pid))
+        shards = (shard.process.pid for shard in self.clickhouse.nodes)
+        return sum(node.tree_cpu_seconds(_pid(pid)) for pid in shards)
 
     def drop(self, dest: Destination) -> None:
         """Free the engine of a finished measurement's rows (each shard on its own: no
@@ -269,7 +271,7 @@ def deliver(
     stop = threading.Event()
     runner = threading.Thread(target=forwarder.run, args=(stop,), name="forwarder")
     done: dict[str, float] = {}
-    cpu_before = {**engines.cpu_seconds(), **{node_cpu(d): 0.0 for d in dests}}  # new threads
+    cpu_before = {**engines.cpu_seconds(dests), **{node_cpu(d): 0.0 for d in dests}}  # new threads
     started = time.perf_counter()
     runner.start()
     try:
@@ -283,7 +285,7 @@ def deliver(
             if elapsed > DELIVER_TIMEOUT_S:
                 health = forwarder.health()
                 raise RuntimeError(f"backlog not delivered in {elapsed:.0f} s: {health}")
-        cpu_after = {**engines.cpu_seconds(), **forwarder_threads_cpu(dests)}
+        cpu_after = {**engines.cpu_seconds(dests), **forwarder_threads_cpu(dests)}
     finally:
         stop.set()
         runner.join()
