@@ -33,8 +33,6 @@ from .upgrade import LEGACY_ROWS
 
 _BY_TIME = "batches_by_time"  # the index on last_at
 
-_BY_TIME = "batches_by_time"  # the index on last_at
-
 
 class Stored(NamedTuple):
     """One journaled batch as it is read back."""
