@@ -22,9 +22,10 @@ from .upgrade import upgrade_to_batches
 
 log = logging.getLogger("trubrics_ingestion.store")
 
-# Each entry upgrades the schema by one version (SQL, or a function for what SQL alone
-# cannot do); PRAGMA user_version counts them.
-MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
+# Each entry upgrades the schema by one version: SQL, and maybe then a function for what
+# SQL alone cannot do; PRAGMA user_version counts them.
+Migration = str | tuple[str, Callable[[sqlite3.Connection], None]]
+MIGRATIONS: tuple[Migration, ...] = (
     """
     CREATE TABLE meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
     CREATE TABLE projects (name TEXT PRIMARY KEY, created_at INTEGER NOT NULL);
@@ -101,7 +102,8 @@ MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     DROP INDEX IF EXISTS events_by_thread;
     DROP INDEX IF EXISTS events_by_time;
     """,
-    """
+    (
+        """
     -- The journal becomes the store (batches.py): a narrow row per batch, read to count and
     -- to pick a time range, and the body beside it, read only to expand the batch.
     -- AUTOINCREMENT: batch numbers are part of event ids and forward cursors.
@@ -125,8 +127,9 @@ MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
         batch INTEGER NOT NULL,
         expires_at REAL NOT NULL
     );
-    """,
-    upgrade_to_batches,  # events and journal -> batches and bodies (upgrade.py)
+        """,
+        upgrade_to_batches,  # then events and journal -> batches and bodies (upgrade.py)
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 BUSY_TIMEOUT_S = 10.0
@@ -204,12 +207,12 @@ def migrate(conn: sqlite3.Connection) -> None:
                 f"store schema v{version} is newer than this release's v{SCHEMA_VERSION}"
             )
         for step in MIGRATIONS[version:]:
-            if callable(step):
-                step(conn)
-                continue
-            for statement in step.split(";"):  # so: no semicolons inside the SQL comments
+            script, then = step if isinstance(step, tuple) else (step, None)
+            for statement in script.split(";"):  # so: no semicolons inside the SQL comments
                 if statement.strip():
                     conn.execute(statement)
+            if then is not None:
+                then(conn)
         if version == 0:
             conn.execute("INSERT INTO meta VALUES ('node_id', ?)", (new_node_id(),))
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")

@@ -54,7 +54,8 @@ _UNREADABLE = (ValueError, TypeError, OverflowError)  # UnicodeDecodeError, msgs
 
 
 def upgrade_to_batches(conn: sqlite3.Connection) -> None:
-    """Move ``events`` and ``journal`` into ``batches`` and ``bodies``, then drop them."""
+    """Move ``events`` and ``journal`` into ``batches`` and ``bodies`` (just created by
+    the same migration), then drop them."""
     runs = _move_rows(conn)
     _convert_cursors(conn, runs)
     moved = _move_journal(conn)
