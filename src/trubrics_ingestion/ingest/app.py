@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
@@ -121,7 +121,8 @@ class RequestMetrics(Protocol):
 class AccessLog(Protocol):
     """Where one line per answered request goes (``node.logs``)."""
 
-    def write(self, fields: dict[str, Any], created: float | None = None) -> None: ...
+    def write(self, lines: Iterable[tuple[dict[str, Any], float]]) -> None:
+        """One line per item: its fields, and its time (Unix)."""
 
 
 class Exchange:
@@ -231,7 +232,7 @@ class IngestionApp:
         """Count and log the requests answered since the last call: never a header value,
         so never a key. The loop calls it once per iteration that answered requests."""
         answered, self._answered = self._answered, []
-        metrics, access_log = self._metrics, self._access_log
+        metrics = self._metrics
         for exchange in answered:
             metrics.request(exchange.endpoint, exchange.status, exchange.seconds)
             if exchange.reason is not None:
@@ -240,19 +241,8 @@ class IngestionApp:
                 metrics.accepted(exchange.project or "", exchange.events)
             elif exchange.duplicate:
                 metrics.dedup_hit()
-            if access_log is not None:
-                path = exchange.raw_path
-                fields = {
-                    "method": exchange.method,
-                    "path": path if len(path) <= MAX_LOGGED_PATH else path[:MAX_LOGGED_PATH],
-                    "status": exchange.status,
-                    "project": exchange.project,
-                    "events": exchange.events,
-                    "body_bytes": exchange.body_bytes,
-                    "latency_ms": round(exchange.seconds * 1000, 3),
-                    "reason": exchange.reason,
-                }
-                access_log.write(fields, exchange.answered_at)
+        if self._access_log is not None and answered:
+            self._access_log.write(map(_access_line, answered))
 
     def close(self) -> None:
         """Account for what the loop's last iteration answered (at shutdown)."""
@@ -365,6 +355,21 @@ class IngestionApp:
             return 200, _READY, _JSON
         details = await self._off_loop(self._readiness_details)
         return 200, _encode({"status": "ready", **details}), _JSON
+
+
+def _access_line(exchange: Exchange) -> tuple[dict[str, Any], float]:
+    path = exchange.raw_path
+    fields = {
+        "method": exchange.method,
+        "path": path if len(path) <= MAX_LOGGED_PATH else path[:MAX_LOGGED_PATH],
+        "status": exchange.status,
+        "project": exchange.project,
+        "events": exchange.events,
+        "body_bytes": exchange.body_bytes,
+        "latency_ms": round(exchange.seconds * 1000, 3),
+        "reason": exchange.reason,
+    }
+    return fields, exchange.answered_at
 
 
 _READY = b'{"status":"ready"}'
