@@ -85,9 +85,10 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
-        """Records handled meanwhile, from any thread, are formatted at once and written
-        in order, in one write when this ends: one system call instead of one a line.
-        Other threads' records wait (the handler's lock) for those microseconds."""
+        """Records this thread hands over meanwhile are formatted at once and written in
+        order, in one write when this ends: one system call instead of one a line. Other
+        threads' records wait for it (the handler's lock): microseconds, and never out of
+        order."""
         with self.lock:  # type: ignore[union-attr]  # made by Handler.__init__
             self._held = []
             try:
