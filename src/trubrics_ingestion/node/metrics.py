@@ -2,9 +2,12 @@
 
 One ``Metrics`` object is made by ``server.py`` and handed to the app (requests, events,
 rejections) and to the journal (group commits); tests and the benchmark's floor make
-their own. The hot path only increments children made once (``.labels`` is looked up
-at most once per label set). What lives on disk is read when scraped: the store's size
-from ``stat``, the quarantine from a read-only connection.
+their own. What every request counts (requests, latency, events accepted) is kept as
+plain numbers, turned into metric families when scraped (``RequestCounts``): a counter's
+increment takes a lock, a histogram's observation a loop in Python, and the app counts
+on the event loop's thread only. Rarer counts increment children made once (``.labels``
+is looked up at most once per label set). What lives on disk is read when scraped: the
+store's size from ``stat``, the quarantine from a read-only connection.
 
 Per-project labels on the event counters are off by default (``metrics_per_project``):
 each project would add series to every scrape. The project only ever comes from a
@@ -13,6 +16,8 @@ known key, so even then the label cannot be filled by an anonymous client.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 import os
 import sqlite3
@@ -27,7 +32,13 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
 
 from ..errors import REJECTION_REASONS
 from ..ingest.app import ENDPOINTS
@@ -50,25 +61,8 @@ class Metrics:
         self.per_project = per_project
         registry = self.registry
         project = ("project",) if per_project else ()
-        self._requests = Counter(
-            "trubrics_http_requests",
-            "HTTP requests answered (or cut off: 499), by endpoint and status.",
-            ("endpoint", "status"),
-            registry=registry,
-        )
-        self._latency = Histogram(
-            "trubrics_http_request_duration_seconds",
-            "Time from the request's head to the end of its answer, by endpoint.",
-            ("endpoint",),
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self._accepted = Counter(
-            "trubrics_events_accepted",
-            "Events stored (an LLM event is stored as two); repeats of a stored batch are not.",
-            project,
-            registry=registry,
-        )
+        self._counts = RequestCounts(per_project)
+        registry.register(self._counts)
         self._rejected = Counter(
             "trubrics_batches_rejected",
             "Publish requests refused, nothing of them stored, by reason.",
@@ -119,12 +113,8 @@ class Metrics:
         self._store = StoreCollector(database) if database is not None else None
         if self._store is not None:
             registry.register(self._store)
-        # Children made once: the hot path does a dict lookup and an increment.
-        self._request_children: dict[tuple[str, int], Counter] = {}
-        self._latency_children = {name: self._latency.labels(name) for name in ENDPOINTS}
-        self._accepted_children: dict[str, Counter] = {}
+        # Children made once: the rare paths do a dict lookup and an increment.
         self._rejected_children: dict[tuple[str, str], Counter] = {}
-        self._accepted_all: Counter | None = None if per_project else self._accepted
         if not per_project:
             for reason in REJECTION_REASONS:
                 self._rejected_children[reason, NO_PROJECT] = self._rejected.labels(reason)
@@ -132,21 +122,16 @@ class Metrics:
     # --- the request path (event loop thread) ---------------------------------------------
 
     def request(self, endpoint: str, status: int, seconds: float) -> None:
-        child = self._request_children.get((endpoint, status))
-        if child is None:
-            child = self._requests.labels(endpoint, str(status))
-            self._request_children[endpoint, status] = child
-        child.inc()
-        self._latency_children[endpoint].observe(seconds)
+        counts = self._counts
+        key = (endpoint, status)
+        counts.requests[key] = counts.requests.get(key, 0) + 1
+        counts.latency[endpoint][bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        counts.latency_sums[endpoint] += seconds
 
     def accepted(self, project: str, events: int) -> None:
-        if self._accepted_all is not None:
-            self._accepted_all.inc(events)
-            return
-        child = self._accepted_children.get(project)
-        if child is None:
-            child = self._accepted_children[project] = self._accepted.labels(project)
-        child.inc(events)
+        accepted = self._counts.accepted
+        key = project if self.per_project else NO_PROJECT
+        accepted[key] = accepted.get(key, 0) + events
 
     def rejected(self, reason: str, project: str | None) -> None:
         """``reason``: one of ``errors.REJECTION_REASONS``."""
@@ -187,6 +172,56 @@ class Metrics:
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
+
+
+class RequestCounts:
+    """What every request counts, as plain numbers, written by the event loop's thread
+    only and read by a scrape (another thread): dicts are copied before being read, and
+    an observation is one bucket and one sum, like prometheus_client's own histograms."""
+
+    def __init__(self, per_project: bool) -> None:
+        self.per_project = per_project
+        self.requests: dict[tuple[str, int], int] = {}
+        # Per endpoint, observations by bucket (the last: over every bound), and their sum.
+        self.latency = {name: [0] * (len(LATENCY_BUCKETS) + 1) for name in ENDPOINTS}
+        self.latency_sums = dict.fromkeys(ENDPOINTS, 0.0)
+        self.accepted: dict[str, int] = {} if per_project else {NO_PROJECT: 0}
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        requests, latency, accepted = self._families()
+        for (endpoint, status), count in self.requests.copy().items():
+            requests.add_metric([endpoint, str(status)], count)
+        bounds = [*map(floatToGoString, LATENCY_BUCKETS), "+Inf"]
+        for endpoint, counts in self.latency.items():
+            cumulative = itertools.accumulate(counts)
+            latency.add_metric(
+                [endpoint], list(zip(bounds, cumulative, strict=True)), self.latency_sums[endpoint]
+            )
+        for project, events in self.accepted.copy().items():
+            accepted.add_metric([project] if self.per_project else [], events)
+        return [requests, latency, accepted]
+
+    def _families(self) -> tuple[CounterMetricFamily, HistogramMetricFamily, CounterMetricFamily]:
+        return (
+            CounterMetricFamily(
+                "trubrics_http_requests",
+                "HTTP requests answered (or cut off: 499), by endpoint and status.",
+                labels=("endpoint", "status"),
+            ),
+            HistogramMetricFamily(
+                "trubrics_http_request_duration_seconds",
+                "Time from the request's head to the end of its answer, by endpoint.",
+                labels=("endpoint",),
+            ),
+            CounterMetricFamily(
+                "trubrics_events_accepted",
+                "Events stored (an LLM event is stored as two); repeats of a stored batch are not.",
+                labels=("project",) if self.per_project else (),
+            ),
+        )
 
 
 _STORE_GAUGES = {
