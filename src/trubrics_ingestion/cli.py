@@ -461,15 +461,12 @@ def events_export(
     would run as formulas get a leading '). A stored event that cannot be read is skipped
     and named on stderr; the exit status is then 1, once all the others are written."""
     skipped = events.Skipped()
-    records = events.export(
+    found = events.export_batches(
         _open(data_dir), project=project, since=since, until=until, on_unreadable=skipped
     )
-    if fmt == "csv":
-        for chunk in events.to_csv_lines(records):
-            click.echo(chunk, nl=False)
-    else:
-        for record in records:
-            click.echo(events.to_ndjson(record))
+    chunks = events.to_csv_chunks(found) if fmt == "csv" else map(events.to_ndjson_lines, found)
+    for chunk in chunks:  # a stored batch's events a write, flushed
+        click.echo(chunk, nl=False)
     _fail_if_skipped(skipped)
 
 
@@ -481,8 +478,8 @@ def events_tail(project: str | None, data_dir: Path) -> None:
     and named on stderr, as by export)."""
     skipped = events.Skipped()
     try:
-        for record in events.tail(_open(data_dir), project=project, on_unreadable=skipped):
-            click.echo(events.to_ndjson(record))
+        for records in events.tail(_open(data_dir), project=project, on_unreadable=skipped):
+            click.echo(events.to_ndjson_lines(records), nl=False)
     except KeyboardInterrupt:
         pass
     _fail_if_skipped(skipped)

@@ -54,10 +54,12 @@ SinkFactory = Callable[[SinkUrl], Sink]
 
 @dataclass(frozen=True)
 class Delivery:
-    """How one engine is fed: rows per batch, and connections writing at once."""
+    """How one engine is fed: rows per batch, connections writing at once, and (if its
+    wire form concatenates) rows encoded at a time."""
 
     batch_rows: int
     lanes: int
+    part_rows: int | None = None  # None: a batch is encoded whole
 
 
 # Measured with bench/forward.py on 2 cores. Both engines pay per statement far more than
@@ -67,8 +69,11 @@ class Delivery:
 # inserts mean fewer parts to merge.
 DELIVERY: dict[str, Delivery] = {
     "postgresql": Delivery(batch_rows=5_000, lanes=2),
-    "clickhouse": Delivery(batch_rows=50_000, lanes=1),
+    "clickhouse": Delivery(batch_rows=50_000, lanes=1, part_rows=5_000),
 }
+# JSONEachRow payloads concatenate: ClickHouse's batches are encoded 5,000 events at a
+# time, so that their expanded events die young instead of 50,000 of them outliving a few
+# passes of the cycle collector (measured: 0.2-0.3 µs less per event).
 
 
 def open_sink(url: SinkUrl) -> Sink:
@@ -157,11 +162,15 @@ class SinkWorker:
         lanes: Sequence[Sink],
         *,
         batch_rows: int,
+        part_rows: int | None = None,
         backoff_max_s: float = DEFAULTS.forward_max_backoff_s,
     ) -> None:
+        """``part_rows``: encode a batch this many rows at a time and join the parts (only
+        for an engine whose wire form concatenates; None: whole)."""
         self.url = url
         self.lanes = list(lanes)
         self.batch_rows = batch_rows
+        self.part_rows = part_rows
         self.backoff = Backoff(max_s=backoff_max_s)
         self.last_error: str | None = None
         self._retry_at = 0.0
@@ -241,18 +250,31 @@ class SinkWorker:
         numbers = self._next_batches(self._read_after)
         if not numbers:
             return None
-        rows: list[Row] = []
+        encode = self.lanes[0].encode
+        parts, rows, count = [], list[Row](), 0
         for number in numbers:
-            stored = batches.read(self._reader, number)
-            if stored is None:  # quarantined by another engine's worker meanwhile
-                continue
-            try:
-                rows += batches.events_of(stored, self._node)
-            except batches.Unexpandable as exc:
-                log.error("%s; quarantined", exc)
-                batches.quarantine(self._conn, number, str(exc))
+            rows += self._events_of(number)
+            if self.part_rows is not None and len(rows) >= self.part_rows:
+                parts.append(encode(rows))
+                count, rows = count + len(rows), []
+        if rows or not parts:
+            parts.append(encode(rows))
+            count += len(rows)
         self._read_after = numbers[-1]
-        return Prepared(numbers[-1], len(rows), self.lanes[0].encode(rows))
+        return Prepared(numbers[-1], count, parts[0] if len(parts) == 1 else b"".join(parts))
+
+    def _events_of(self, number: int) -> list[Row]:
+        """A stored batch's events (none if it was quarantined, here or by another
+        engine's worker)."""
+        stored = batches.read(self._reader, number)
+        if stored is None:  # quarantined by another engine's worker meanwhile
+            return []
+        try:
+            return batches.events_of(stored, self._node)
+        except batches.Unexpandable as exc:
+            log.error("%s; quarantined", exc)
+            batches.quarantine(self._conn, number, str(exc))
+            return []
 
     def _next_batches(self, after: int) -> list[int]:
         """The batches after ``after`` that make up about ``batch_rows`` events."""
@@ -321,6 +343,7 @@ class Forwarder:
                     url,
                     [make_sink(url) for _ in range(lanes or delivery.lanes)],
                     batch_rows=batch_rows or delivery.batch_rows,
+                    part_rows=delivery.part_rows,
                     backoff_max_s=backoff_max_s,
                 )
             )

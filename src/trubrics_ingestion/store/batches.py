@@ -18,16 +18,18 @@ after it; readers skip it and say so.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple, cast
+from typing import Annotated, NamedTuple, cast
 
 import msgspec
+from msgspec import Meta
 
 from ..clock import now_us
-from ..schema import Source, decode_batch
-from .expand import EventRow, expand
-from .ids import id_factory
+from ..schema import MAX_BATCH_ITEMS, EventFields, Source, decode_batch
+from .expand import EventRow, expand, expand_events
+from .ids import batch_ids, id_factory
 from .sqlite import meta, transaction
 from .upgrade import LEGACY_ROWS
 
@@ -44,6 +46,13 @@ class Stored(NamedTuple):
     body: bytes
 
 
+# A stored batch of plain events, validated when it was acknowledged (``expand_events``
+# checks the time range that ``Event`` checks per event, for the whole batch at once).
+_stored_events = msgspec.json.Decoder(
+    Annotated[list[EventFields], Meta(max_length=MAX_BATCH_ITEMS)]
+)
+
+
 class Unexpandable(Exception):
     """A stored batch that cannot be turned into events."""
 
@@ -53,13 +62,29 @@ def events_of(stored: Stored, node: int) -> list[EventRow]:
     try:
         if stored.source == LEGACY_ROWS:
             return _legacy_rows(stored)
-        items = decode_batch(stored.body, cast(Source, stored.source))
-        new_id = id_factory(stored.received_at // 1000, stored.batch, node)
-        return list(
-            expand(items, project=stored.project, received_at=stored.received_at, new_id=new_id)
-        )
+        if stored.source == "event":
+            with contextlib.suppress(ValueError):  # msgspec's errors included
+                return _plain_events(stored, node)
+        return _events(stored, node)  # an error is named as the request's decoder names it
     except Exception as exc:
         raise Unexpandable(f"batch {stored.batch}: {type(exc).__name__}: {exc}") from exc
+
+
+def _plain_events(stored: Stored, node: int) -> list[EventRow]:
+    """The fast way, for the common batch: plain events that read back as they were
+    acknowledged (``expand_events``)."""
+    events = _stored_events.decode(stored.body)
+    ids = batch_ids(stored.received_at // 1000, stored.batch, node, len(events))
+    return expand_events(events, project=stored.project, received_at=stored.received_at, ids=ids)
+
+
+def _events(stored: Stored, node: int) -> list[EventRow]:
+    """The way of every batch: decoded as a request is, then expanded event by event."""
+    items = decode_batch(stored.body, cast(Source, stored.source))
+    new_id = id_factory(stored.received_at // 1000, stored.batch, node)
+    return list(
+        expand(items, project=stored.project, received_at=stored.received_at, new_id=new_id)
+    )
 
 
 _LegacyRow = tuple[str, str, str, int, str | None, str, str]

@@ -10,13 +10,15 @@ top-level ``thread_id`` that SDK 1.8 sends.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import partial
+from itertools import repeat
 from typing import Any, NamedTuple, cast
 
 import msgspec
 
-from ..clock import to_micros
-from ..schema import Event, Item, LLMEvent, Source
+from ..clock import EPOCH, MICROSECOND, to_micros
+from ..schema import TIME_RANGE_MSG, Event, EventFields, Item, LLMEvent, Source
 
 PROMPT_EVENT = "Prompt"
 GENERATION_EVENT = "Generation"
@@ -36,6 +38,14 @@ class EventRow(NamedTuple):
     properties: str  # a JSON object
     received_at: int  # microseconds since the Unix epoch, UTC
     source: str  # "event" or "llm"
+
+
+_new_row = partial(tuple.__new__, EventRow)  # EventRow(*fields) without its Python __new__
+_NAIVE_EPOCH = EPOCH.replace(tzinfo=None)
+_NO_PROPERTIES: dict[str, Any] = {}  # shared, only ever read
+# What schema.storable allows: every event within years 1 to 9999 once in UTC.
+_FIRST_US = to_micros(datetime(1, 1, 1, tzinfo=UTC))
+_LAST_US = to_micros(datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC))
 
 
 class Span(NamedTuple):
@@ -83,6 +93,47 @@ def expand(
             yield _event_row(item, project, received_at, new_id())
         else:
             yield from _llm_rows(item, project, received_at, new_id(), new_id())
+
+
+def expand_events(
+    items: Sequence[EventFields], *, project: str, received_at: int, ids: Sequence[str]
+) -> list[EventRow]:
+    """The rows ``expand`` makes of a batch of plain events (``ids`` handed out in order),
+    column by column: readers and forwarders expand every stored batch, and a few
+    function calls per event cost as much as decoding and encoding it. Checks the time
+    range ``Event`` checks on decoding (``EventFields`` does not)."""
+    properties = [item.properties or _NO_PROPERTIES for item in items]
+    at = _micros([item.timestamp for item in items])
+    if at and (min(at) < _FIRST_US or max(at) > _LAST_US):
+        raise ValueError(TIME_RANGE_MSG)
+    threads = [
+        value
+        if (value := document.get(THREAD_KEY)) is None or type(value) is str
+        else _thread_text(value)
+        for document in properties
+    ]
+    columns = (
+        ids,
+        repeat(project),
+        [item.user_id for item in items],
+        [item.event for item in items],
+        at,
+        threads,
+        map(bytes.decode, map(_encode, properties)),
+        repeat(received_at),
+        repeat("event"),
+    )
+    return list(map(_new_row, zip(*columns, strict=False)))
+
+
+def _micros(moments: list[datetime]) -> list[int]:
+    """``to_micros`` of each moment, without a call each: a batch is all aware or all
+    naive (one client wrote it), tried as its first moment is."""
+    epoch = EPOCH if moments and moments[0].tzinfo is not None else _NAIVE_EPOCH
+    try:
+        return [(moment - epoch) // MICROSECOND for moment in moments]
+    except TypeError:  # naive and aware together
+        return list(map(to_micros, moments))
 
 
 def _event_row(item: Event, project: str, received_at: int, event_id: str) -> EventRow:
@@ -144,8 +195,12 @@ def _row(
 
 
 def _thread_id(properties: dict[str, Any]) -> str | None:
-    """The conversation id from ``$thread_id``: strings and numbers count, anything else not."""
-    value = properties.get(THREAD_KEY)
+    """The conversation id from ``$thread_id``."""
+    return _thread_text(properties.get(THREAD_KEY))
+
+
+def _thread_text(value: Any) -> str | None:
+    """Strings and numbers are conversation ids, anything else not."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         return None
     return str(value)
