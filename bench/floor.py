@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import uvicorn
@@ -24,6 +25,7 @@ from trubrics_ingestion.keys import local as keys
 from trubrics_ingestion.keys.cache import KeyCache
 from trubrics_ingestion.node import logs
 from trubrics_ingestion.node.server import build_app, uvicorn_config
+from trubrics_ingestion.schema import Item
 from trubrics_ingestion.store import sqlite as store
 
 
@@ -37,6 +39,8 @@ class NullJournal:
         body: bytes,
         received_at: int,
         idempotency_key: str | None = None,
+        *,
+        items: Sequence[Item],
     ) -> bool:
         """Return at once, without even yielding to the loop: nothing to wait for."""
         return True

@@ -2,21 +2,27 @@
 into a 2-shard ClickHouse cluster (a Distributed table), and into both at once.
 
 `make bench` (bench/run.py) runs this after its ingest rounds, on the store the last
-durable round left behind: the wrk batches that node acknowledged, materialised by the
-node itself. Every measurement gets fresh tables (a new database per engine, created
-before the clock starts: ON CLUSTER DDL is a one-off, not a rate), moves the forwarder's
-cursors back to ``backlog`` events before the newest with ``cursors.reset`` (the product's
-own "send again from here") and times the real ``Forwarder`` (after one untimed
-warm-up round of every setup), a thread per engine as in
-``serve --forward-to``, until each engine's cursor reaches the newest event. Each engine is
-then checked to hold exactly the backlog, each event once: row count, distinct ids, and
-an MD5 of the sorted ids equal to the store's (a lost, duplicated or foreign event fails).
+node round left behind: the wrk batches that node acknowledged, as it stored them. Every
+measurement gets fresh tables (a new database per engine, created before the clock
+starts: ON CLUSTER DDL is a one-off, not a rate), moves the forwarder's cursors back to
+the newest batches holding ``backlog`` events with ``cursors.reset`` (the product's own
+"send again from here") and times the real ``Forwarder`` (after one untimed warm-up round
+of every setup), threads per engine as in ``serve --forward-to``, until each engine's
+cursor reaches the newest batch. Each engine is then checked to hold exactly the backlog,
+each event once: row count, distinct ids, and an MD5 of the sorted ids equal to the
+store's (a lost, duplicated or foreign event fails).
 
-Target: >= 100,000 events/s into each engine, alone and both at once. Throwaway engines
-come from tests/support/engines.py (installed by scripts/install-engines.sh, as `make bench` does).
+CPU per event: the node's, into each engine, is the CPU of that engine's forwarder threads
+(its worker, which reads, expands and encodes, and its lanes, which send), read from the
+threads' own clocks, so that neither the other engine's threads nor this bench's polling
+count; beside it, each engine's own, all its processes (its CPU per row).
+
+Targets: >= 100,000 events/s into each engine, alone and both at once; the node's CPU per
+event forwarded <= 4 us into each engine (issue 10). Throwaway engines come from
+tests/support/engines.py (installed by scripts/install-engines.sh, as `make bench` does).
 
 Standalone, for working on the forwarder: ``.venv/bin/python bench/forward.py`` fills a
-store with a durable node under wrk (``--load`` seconds), or takes ``--data-dir`` of an
+store with a node under wrk (``--load`` seconds), or takes ``--data-dir`` of an
 existing node's store, and prints the same figures.
 """
 
@@ -46,11 +52,13 @@ sys.path.insert(0, str(node.ROOT / "tests"))  # for support.engines
 from support.engines import ClickHouseCluster, PostgresServer, engines_available
 from trubrics_ingestion.forward import Forwarder, open_sink, parse_sink_url
 from trubrics_ingestion.forward.clickhouse import encode_json_lines
-from trubrics_ingestion.forward.cursors import read_batch, reset
+from trubrics_ingestion.forward.cursors import reset
 from trubrics_ingestion.forward.postgres import encode_copy
+from trubrics_ingestion.store import batches, read
 from trubrics_ingestion.store.sqlite import connect
 
 TARGET = 100_000
+CPU_TARGET_US = 4.0  # issue 10: the node's CPU per event forwarded, into each engine
 BACKLOG_EVENTS = 400_000
 ENGINES = ("postgresql", "clickhouse")
 SETUPS = {"postgresql": ("postgresql",), "clickhouse": ("clickhouse",), "both": ENGINES}
@@ -143,14 +151,16 @@ class Engines:
             )
         return found
 
-    def cpu_seconds(self) -> dict[str, float]:
-        """CPU used so far by each engine's processes (ZooKeeper aside: it has no part in
-        inserts into tables that are not replicated)."""
-        clickhouse = (shard.process.pid for shard in self.clickhouse.nodes)
-        return {
-            "postgresql": node.tree_cpu_seconds(_pid(self.postgres.process.pid)),
-            "clickhouse": sum(node.tree_cpu_seconds(_pid(pid)) for pid in clickhouse),
-        }
+    def cpu_seconds(self, dests: Sequence[Destination]) -> dict[str, float]:
+        """CPU used so far by the processes of each engine of ``dests`` (ZooKeeper aside: it
+        has no part in inserts into tables that are not replicated)."""
+        return {dest.engine: self._engine_cpu_seconds(dest.engine) for dest in dests}
+
+    def _engine_cpu_seconds(self, engine: str) -> float:
+        if engine == "postgresql":
+            return node.tree_cpu_seconds(_pid(self.postgres.process.pid))
+        shards = (shard.process.pid for shard in self.clickhouse.nodes)
+        return sum(node.tree_cpu_seconds(_pid(pid)) for pid in shards)
 
     def drop(self, dest: Destination) -> None:
         """Free the engine of a finished measurement's rows (each shard on its own: no
@@ -185,33 +195,34 @@ def engines() -> Iterator[Engines]:
 
 @dataclass(frozen=True)
 class Backlog:
-    """The newest ``events`` events of a node's store: what one measurement forwards."""
+    """The newest batches of a node's store: what one measurement forwards."""
 
     database: Path
-    after: int  # the cursor: every event with a larger seq is in the backlog
+    after: int  # the cursor: every batch with a larger number is in the backlog
     events: int
     md5: str  # of the backlog's ids, sorted, one a line
 
 
 def backlog_of(database: Path, events: int = 0) -> Backlog:
-    """The newest ``events`` events of a fully materialised store (0: all of them)."""
+    """The newest batches that hold at least ``events`` events (0: the whole store), their
+    ids as the product's reader expands them."""
     conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
     try:
-        pending = conn.execute("SELECT count(*) FROM journal").fetchone()[0]
-        if pending:
-            raise RuntimeError(f"{database}: {pending} journal batches not materialised yet")
-        total = conn.execute("SELECT count(*) FROM events").fetchone()[0]
-        events = total if events <= 0 else min(events, total)
-        below = conn.execute(
-            "SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?", (events,)
-        ).fetchone()
-        after = 0 if below is None else int(below[0])
-        found = conn.execute("SELECT id FROM events WHERE seq > ?", (after,))
-        ids = sorted(row[0] for row in found)
+        after = cursor_before(conn, events or batches.total(conn))
+        ids = sorted(row.id for row in read.rows(conn, after=after))
     finally:
         conn.close()
-    assert len(ids) == events, (len(ids), events)
-    return Backlog(database, after, events, ids_md5(ids))
+    return Backlog(database, after, len(ids), ids_md5(ids))
+
+
+def cursor_before(conn: sqlite3.Connection, events: int) -> int:
+    """The batch after which the newest batches hold ``events`` events or more (0: all)."""
+    held = 0
+    for batch, count in conn.execute("SELECT batch, events FROM batches ORDER BY batch DESC"):
+        if held >= events:
+            return int(batch)
+        held += count
+    return 0
 
 
 def ids_md5(ids: Sequence[str]) -> str:
@@ -245,8 +256,8 @@ def deliver(
     batch_rows: int | None = None,
 ) -> Run:
     """Forward the backlog to ``dests`` once: seconds until each had confirmed all of it,
-    errors the forwarder logged, and CPU per event of the forwarder (this process: its
-    threads, plus this loop's polls) and of each engine's processes meanwhile."""
+    errors the forwarder logged, and CPU per event of the forwarder's threads for each
+    engine (``forwarder_threads_cpu``) and of each engine's processes meanwhile."""
     conn = connect(backlog.database)
     try:
         for dest in dests:
@@ -260,7 +271,7 @@ def deliver(
     stop = threading.Event()
     runner = threading.Thread(target=forwarder.run, args=(stop,), name="forwarder")
     done: dict[str, float] = {}
-    cpu_before = {"forwarder": time.process_time(), **engines.cpu_seconds()}
+    cpu_before = {**engines.cpu_seconds(dests), **{node_cpu(d): 0.0 for d in dests}}  # new threads
     started = time.perf_counter()
     runner.start()
     try:
@@ -274,7 +285,7 @@ def deliver(
             if elapsed > DELIVER_TIMEOUT_S:
                 health = forwarder.health()
                 raise RuntimeError(f"backlog not delivered in {elapsed:.0f} s: {health}")
-        cpu_after = {"forwarder": time.process_time(), **engines.cpu_seconds()}
+        cpu_after = {**engines.cpu_seconds(dests), **forwarder_threads_cpu(dests)}
     finally:
         stop.set()
         runner.join()
@@ -282,9 +293,26 @@ def deliver(
         logger.removeHandler(errors)
     if errors.count:
         print(f"\n!!! FORWARDER ERRORS ({errors.count}): {errors.first}\n", file=sys.stderr)
-    used = ["forwarder", *(dest.engine for dest in dests)]
-    cpu = {name: (cpu_after[name] - cpu_before[name]) * 1e6 / backlog.events for name in used}
+    cpu = {name: (cpu_after[name] - cpu_before[name]) * 1e6 / backlog.events for name in cpu_before}
     return Run(setup, round_index, backlog.events, done, errors.count, cpu, {})
+
+
+def node_cpu(dest: Destination) -> str:
+    """The name of the node's CPU forwarding into ``dest``'s engine, in ``Run`` figures."""
+    return NODE_CPU[dest.engine]
+
+
+def forwarder_threads_cpu(dests: Sequence[Destination]) -> dict[str, float]:
+    """CPU seconds so far of the forwarder's live threads for each destination: its worker
+    (``forward ID``) and its lanes (``send ID_n``), as ``forwarder.py`` names them."""
+    cpu = {node_cpu(dest): 0.0 for dest in dests}
+    for thread in threading.enumerate():
+        for dest in dests:
+            mine = thread.name == f"forward {dest.cursor}"
+            if (mine or thread.name.startswith(f"send {dest.cursor}_")) and thread.ident:
+                clock = time.pthread_getcpuclockid(thread.ident)
+                cpu[node_cpu(dest)] += time.clock_gettime(clock)
+    return cpu
 
 
 @dataclass
@@ -296,7 +324,7 @@ class Run:
     events: int
     seconds: dict[str, float]  # per engine: until it had confirmed the whole backlog
     forwarder_errors: int
-    cpu_us_per_event: dict[str, float]  # "forwarder" and each engine of the setup
+    cpu_us_per_event: dict[str, float]  # the node's into each engine ("node -> E"), each E's
     checks: dict[str, dict[str, Any]]  # per engine: Engines.check
 
     def events_per_s(self, engine: str | None = None) -> float:
@@ -363,29 +391,33 @@ def measure(
 
 
 def python_costs(backlog: Backlog, batch: int = 5000) -> dict[str, float]:
-    """Rows/s of each Python stage of the forwarder alone, on one core: reading the store,
-    encoding for each engine (what the forwarder's threads share one GIL for)."""
+    """Rows/s of each Python stage of the forwarder alone, on one core: reading the store
+    and expanding its batches, encoding for each engine (what the forwarder's threads share
+    one GIL for)."""
     conn = connect(backlog.database)
-    started, after, batches = time.perf_counter(), backlog.after, []
-    while rows := read_batch(conn, after, batch):
-        batches.append(rows)
-        after = rows[-1][0]
-    read = time.perf_counter() - started
+    started = time.perf_counter()
+    rows = list(read.rows(conn, after=backlog.after))
+    reading = time.perf_counter() - started
     conn.close()
-    total = sum(map(len, batches))
-    costs = {"sqlite read": total / read}
+    chunks = [rows[at : at + batch] for at in range(0, len(rows), batch)]
+    costs = {"read + expand": len(rows) / reading}
     for name, encode in (("COPY encode", encode_copy), ("JSONEachRow encode", encode_json_lines)):
         started = time.perf_counter()
-        for rows in batches:
-            encode(rows)
-        costs[name] = total / (time.perf_counter() - started)
+        for chunk in chunks:
+            encode(chunk)
+        costs[name] = len(rows) / (time.perf_counter() - started)
     return costs
 
 
 # --- summary -------------------------------------------------------------------------
 
 
-CPU_COLUMNS = ("forwarder", *ENGINES)
+NODE_CPU = {engine: f"node -> {engine}" for engine in ENGINES}  # see node_cpu()
+SHORT = {"postgresql": "pg", "clickhouse": "ch"}
+CPU_COLUMNS = {  # figure -> its column's head
+    **{name: f"node->{SHORT[engine]}" for engine, name in NODE_CPU.items()},
+    **{engine: SHORT[engine] for engine in ENGINES},
+}
 
 
 def summarise(runs: list[Run], costs: dict[str, float], target: float) -> dict[str, Any]:
@@ -412,6 +444,9 @@ def summarise(runs: list[Run], costs: dict[str, float], target: float) -> dict[s
     }
     summary["drain_events_per_s"] = summary["rates"]["both"]["median"]
     summary["pass"] = all(row["pass"] for row in summary["rates"].values())
+    summary["node_cpu_us_per_event"] = {
+        engine: summary["rates"][engine]["cpu_us_per_event"][NODE_CPU[engine]] for engine in ENGINES
+    }
     summary["verified"] = all(run.verified for run in runs)
     summary["forwarder_errors"] = sum(run.forwarder_errors for run in runs)
     summary["sent_twice"] = sum(c["sent_twice"] for run in runs for c in run.checks.values())
@@ -427,17 +462,25 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"\nforwarding a backlog of {summary['events']:,} events into fresh tables, real"
         f" Forwarder (a thread per engine), medians of {rounds} rounds:\n"
     )
-    cpu_head = "".join(f"{name:>12}" for name in CPU_COLUMNS)
+    cpu_head = "".join(f"{head:>10}" for head in CPU_COLUMNS.values())
     print(f"{'':30}{'events/s':>10}{'target':>9}{'':6}  CPU us/event:{cpu_head}   rounds")
     for name, row in summary["rates"].items():
         label = name if name.startswith("both:") else LABELS[name]
         cpu = row["cpu_us_per_event"]
-        cells = "".join(f"{cpu[c]:>12.1f}" if c in cpu else f"{'':>12}" for c in CPU_COLUMNS)
+        cells = "".join(f"{cpu[c]:>10.2f}" if c in cpu else f"{'':>10}" for c in CPU_COLUMNS)
         runs = ", ".join(f"{rate:,.0f}" for rate in row["rounds"])
-        verdict = "PASS" if row["pass"] else "FAIL"
         print(
-            f"{label:30}{row['median']:>10,.0f}{target:>9,.0f}  {verdict}  {'':13}{cells}"
-            f"   ({runs})"
+            f"{label:30}{row['median']:>10,.0f}{target:>9,.0f}  {node.verdict(row['pass'])}"
+            f"  {'':13}{cells}   ({runs})"
+        )
+    print(
+        "CPU us/event: node->E, the node's forwarder threads for engine E (reading, expanding,"
+        " encoding, sending); E, engine E's own processes, per row it received"
+    )
+    for engine, us in summary["node_cpu_us_per_event"].items():
+        print(
+            f"node CPU per event forwarded into {engine} (alone): {us:.2f} us"
+            f" (target <= {CPU_TARGET_US:.0f}): {node.verdict(us <= CPU_TARGET_US)}"
         )
     costs = ", ".join(f"{k} {v:,.0f}" for k, v in summary["python_rows_per_s"].items())
     print(f"forwarder's Python work alone, rows/s on one core: {costs}")
@@ -454,10 +497,10 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 
 def loaded_store(workdir: Path, seconds: int, wrk: node.Wrk) -> Path:
-    """A durable node's store after ``seconds`` of wrk, every batch materialised."""
-    with node.running("durable", workdir) as server:
+    """A node's store after ``seconds`` of wrk."""
+    with node.running("node", workdir) as server:
         load = node.run_wrk(server, seconds, wrk)
-    stored = node.stored_events(server.data_dir)  # materialises what is left
+    stored = node.stored_events(server.data_dir)
     print(f"store: {load.events_per_s:,.0f} events/s acknowledged, {stored:,} stored")
     return server.database
 

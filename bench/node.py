@@ -9,7 +9,8 @@ exact counts, so that what the store holds can be checked against what was ackno
 With two cores or more (and util-linux's ``taskset``), every server and all its children
 run on one core and wrk on another, as issue 10 measures: the node cannot borrow wrk's
 core, and its CPU per event is the node's alone. A server's CPU and memory are those of
-its whole process tree (materialisers, forwarder), read from /proc.
+its whole process tree (the server and, with ``--forward-to``, its forwarder child), read
+from /proc.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import secrets
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -282,18 +282,17 @@ def cpu_seconds(pid: int, *, reaped: bool = False) -> float:
 
 
 def tree_cpu_seconds(pid: int) -> float:
-    """CPU of the process and its live descendants (a node's materialisers, a PostgreSQL
+    """CPU of the process and its live descendants (a node's forwarder, a PostgreSQL
     server's backends), with what the children each of them waited for used: a child
     restarted or exited meanwhile is still counted."""
     return sum(cpu_seconds(each, reaped=True) for each in tree_pids(pid))
 
 
-def settle(server: Server, timeout_s: float) -> dict[str, Any]:
-    """Wait until the server is idle again: every journaled batch a row (``drain``), then
-    its process tree's CPU quiet. ``idle_s``: how long that took (bounded by
-    ``timeout_s``), the time a load's CPU keeps being counted after wrk stops."""
+def settle(server: Server, timeout_s: float) -> float:
+    """Wait until the server is idle again: its process tree's CPU quiet. Returns how long
+    that took (bounded by ``timeout_s``), the time a load's CPU keeps being counted after
+    wrk stops. A batch is stored once it is acknowledged; nothing is left to do after."""
     start = time.monotonic()
-    drained = drain(server.database, timeout_s)
     before = tree_cpu_seconds(server.process.pid)
     while time.monotonic() - start < timeout_s:
         time.sleep(QUIET_WINDOW_S)
@@ -303,35 +302,14 @@ def settle(server: Server, timeout_s: float) -> dict[str, Any]:
         before = after
     else:
         print(f"\n!!! {server.kind} NOT IDLE AFTER {timeout_s:.0f} s\n", file=sys.stderr)
-    return {**drained, "idle_s": time.monotonic() - start}
+    return time.monotonic() - start
 
 
 # --- the store -----------------------------------------------------------------------
 
 
-def journal_backlog(database: Path) -> int:
-    """Batches acknowledged but not yet materialised, read through a read-only connection.
-
-    Not the ``events count`` CLI: that materialises the backlog itself, which would make
-    the server's own catch-up look faster than it is.
-    """
-    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
-    try:
-        return int(conn.execute("SELECT count(*) FROM journal").fetchone()[0])
-    finally:
-        conn.close()
-
-
-def drain(database: Path, timeout_s: float) -> dict[str, Any]:
-    """How long the materialiser takes to turn what is journaled into rows (bounded wait)."""
-    start = time.monotonic()
-    backlog = journal_backlog(database)
-    remaining = backlog
-    while remaining and time.monotonic() - start < timeout_s:
-        time.sleep(0.05)
-        remaining = journal_backlog(database)
-    elapsed = time.monotonic() - start
-    return {"backlog_batches": backlog, "remaining_batches": remaining, "drain_s": elapsed}
+def verdict(passed: bool) -> str:
+    return "PASS" if passed else "FAIL"
 
 
 def stored_events(data_dir: Path) -> int:

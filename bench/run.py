@@ -7,16 +7,17 @@ hits all alike; the table reports medians:
   the batch into the project's ``Event`` structs. No app, no storage.
 - app floor (bench/floor.py): this app (auth, limits, validation, access log) with
   storage switched off.
-- node: ``trubrics-ingestion serve`` with its default settings (journal + materialisers).
+- node: ``trubrics-ingestion serve`` with its default settings: one process whose
+  journal commits each acknowledged batch to the store, where it stays as it came (readers
+  and forwarders expand batches into events as they read them).
 
 Each round starts a fresh server on a free loopback port with its own temp data dir,
 warms it up, waits until it is idle, loads it with wrk (bench/publish.lua: unique 100-event
-batches on keep-alive connections), and waits until it is idle again: journal empty
-(every batch a row) and the CPU of all its processes quiet. The figure is the CPU of the
-whole process tree (server + materialisers) from the first request until idle, per
-acknowledged event; the target (issue 10) is raw floor CPU/event / node CPU/event >= 0.5.
-Servers are pinned to one core and wrk to another (bench/node.py, ``PINNING``). Every
-acknowledged event must then be counted by the real ``events count``.
+batches on keep-alive connections), and waits until it is idle again: the CPU of its
+whole process tree quiet. The figure is the CPU of that process tree from the first
+request until idle, per acknowledged event; the target (issue 10) is raw floor CPU/event /
+node CPU/event >= 0.5. Servers are pinned to one core and wrk to another (bench/node.py,
+``PINNING``). Every acknowledged event must then be counted by the real ``events count``.
 
 After the saturating rounds, one paced round loads the node at half its median events/s
 (publish.lua's ``delay()``) for p50/p99 while not saturated (target p99 <= 20 ms), and
@@ -25,11 +26,16 @@ the node's memory (all processes, their peaks summed) is held against 150 MiB.
 Then, in the same run, forwarding into real engines (PostgreSQL, and ClickHouse as a
 Distributed table over 2 shards; scripts/install-engines.sh installs them): the events/s
 the real forwarder ships from the last node round's store into each engine and into
-both at once (bench/forward.py); those drain rates, and the materialisers' from the
-node rounds (a backlog goes through both), against the node's ingest rate (> 1: a
-backlog drains faster than the node ingests); and one end-to-end figure, a node serving with
-``--forward-to`` both engines under wrk (bench/end_to_end.py). Every engine is checked to
-hold exactly the events it was sent, each once. ``--quick``: the ingest part only, short.
+both at once, with the node's CPU per event forwarded into each engine beside the
+engine's own (bench/forward.py; target <= 4 us per event into each); those drain rates
+against the node's ingest rate (> 1: a backlog drains faster than the node ingests); and
+one end-to-end figure, a node serving with ``--forward-to`` both engines under wrk
+(bench/end_to_end.py). Every engine is checked to hold exactly the events it was sent,
+each once.
+
+Last, reading a big store (bench/big_store.py): ``events count`` and ``events export
+--since`` of the last hour on a store of 30M events, built once and kept in bench/.cache/
+(``--no-big-store`` skips it). ``--quick``: the ingest part only, short.
 
 Exit status 1 means a correctness problem (non-200s, stored != acknowledged, an engine
 holding other events than the store), not a missed target: that is printed as FAIL, and
@@ -52,6 +58,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import big_store
 import end_to_end
 import forward
 from node import (
@@ -62,13 +69,13 @@ from node import (
     Load,
     Server,
     Wrk,
-    cpu_seconds,
     run_wrk,
     running,
     settle,
     stored_events,
     tree_cpu_seconds,
     tree_memory_mb,
+    verdict,
     verify,
 )
 
@@ -87,12 +94,13 @@ class Options:
     warmup_s: int
     connections: int
     threads: int
-    drain_timeout_s: float
+    idle_timeout_s: float
     target: float
     forward_rounds: int
     forward_events: int
     forward_target: float
     end_to_end_s: int
+    big_store_events: int
     output: Path
 
     @property
@@ -116,7 +124,6 @@ class Round:
     hwm_mb: float
     cpu_s: float
     cpu_us_per_event: float
-    server_cpu_share: float  # of cpu_s, the part of the server process itself (not children)
     cpu_pct: float
     idle_s: float
     load: dict[str, Any]
@@ -141,18 +148,18 @@ def measure(
         warmup = run_wrk(server, opts.warmup_s, opts.wrk, delay_ms)
         if period_ms:
             delay_ms = paced_delay_ms(period_ms, warmup)
-        settle(server, opts.drain_timeout_s)
+        settle(server, opts.idle_timeout_s)
         pid = server.process.pid
-        cpu_before, own_before = tree_cpu_seconds(pid), cpu_seconds(pid)
+        cpu_before = tree_cpu_seconds(pid)
         load = run_wrk(server, opts.duration_s, opts.wrk, delay_ms)
         rss, hwm = tree_memory_mb(pid)
-        settled = settle(server, opts.drain_timeout_s)
-        cpu, own = tree_cpu_seconds(pid) - cpu_before, cpu_seconds(pid) - own_before
+        idle_s = settle(server, opts.idle_timeout_s)
+        cpu = tree_cpu_seconds(pid) - cpu_before
         hwm = max(hwm, tree_memory_mb(pid)[1])
-        result = to_round(kind, index, load, warmup, (rss, hwm), (cpu, own), settled["idle_s"])
+        result = to_round(kind, index, load, warmup, (rss, hwm), cpu, idle_s)
         result.target_events_per_s = pace
         if server_kind == "node":
-            result.store = check_store(server, settled, warmup, load, opts)
+            result.store = check_store(server, warmup, load)
         return result
 
 
@@ -162,31 +169,12 @@ def paced_delay_ms(period_ms: float, warmup: Load) -> int:
     return max(0, round(period_ms - warmup.latency_us["mean"] / 1000))
 
 
-def check_store(
-    server: Server, settled: dict[str, Any], warmup: Load, load: Load, opts: Options
-) -> dict[str, Any]:
-    """Drain figures and the stored-vs-acknowledged check (the real ``events count``)."""
-    if settled["remaining_batches"]:
-        print(f"\n!!! BACKLOG NOT DRAINED IN {opts.drain_timeout_s}s: {settled}\n", file=sys.stderr)
-    settled.update(drain_rates(settled, load))
+def check_store(server: Server, warmup: Load, load: Load) -> dict[str, Any]:
+    """The stored-vs-acknowledged check, with the real ``events count``."""
     check = verify(stored_events(server.data_dir), [warmup, load])
     if check["verdict"] == "MISMATCH":
         print(f"\n!!! STORED EVENT COUNT MISMATCH: {check}\n", file=sys.stderr, flush=True)
-    return {**settled, **check}
-
-
-def drain_rates(drained: dict[str, Any], load: Load) -> dict[str, float | None]:
-    """Acknowledging can outrun materialising; these say what the node sustains.
-
-    ``sustained``: the run's events over the time until all of them were rows (run +
-    drain). ``drain``: how fast the idle node materialises (None if nothing was left).
-    """
-    seconds = load.duration_us / 1e6 + drained["drain_s"]
-    batches, drain_s = drained["backlog_batches"], drained["drain_s"]
-    return {
-        "sustained_events_per_s": load.ok * EVENTS_PER_REQUEST / seconds,
-        "drain_events_per_s": batches * EVENTS_PER_REQUEST / drain_s if batches else None,
-    }
+    return check
 
 
 def to_round(
@@ -195,11 +183,10 @@ def to_round(
     load: Load,
     warmup: Load,
     memory: tuple[float, float],
-    cpu_tree_and_own: tuple[float, float],
+    cpu: float,
     idle_s: float,
 ) -> Round:
     latency = load.latency_us
-    cpu, own = cpu_tree_and_own
     acknowledged = load.ok * EVENTS_PER_REQUEST
     return Round(
         kind=kind,
@@ -214,7 +201,6 @@ def to_round(
         hwm_mb=memory[1],
         cpu_s=cpu,
         cpu_us_per_event=1e6 * cpu / acknowledged if acknowledged else float("inf"),
-        server_cpu_share=own / cpu if cpu else 0.0,
         cpu_pct=100 * cpu / (load.duration_us / 1e6 + idle_s),
         idle_s=idle_s,
         load=asdict(load),
@@ -226,17 +212,13 @@ def progress(result: Round) -> None:
     """One line per server run, so a long bench shows signs of life."""
     extra = ""
     if result.store:
-        d = result.store
-        extra = (
-            f"  drain {d['drain_s']:.1f}s ({d['backlog_batches']} batches)"
-            f"  stored {d['stored_events']} [{d['verdict']}]"
-        )
+        extra = f"  stored {result.store['stored_events']} [{result.store['verdict']}]"
     errors = result.load["non200"] + result.warmup["non200"]
     print(
         f"round {result.round} {LABELS[result.kind]:>9}: {result.events_per_s:>9,.0f} events/s"
         f"  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms"
         f"  RSS {result.rss_mb:5.1f} MiB  CPU {result.cpu_us_per_event:5.2f} us/event"
-        f" ({result.server_cpu_share:.0%} server; {result.cpu_pct:3.0f}% of a core"
+        f" ({result.cpu_pct:3.0f}% of a core"
         f" until idle {result.idle_s:.1f}s after)"
         f"  non-200 {errors}{extra}",
         flush=True,
@@ -252,7 +234,6 @@ COLUMNS = (
     "rss_mb",
     "hwm_mb",
     "cpu_us_per_event",
-    "server_cpu_share",
     "cpu_pct",
 )
 
@@ -267,13 +248,7 @@ def summarise(rounds: list[Round], opts: Options) -> dict[str, Any]:
     everything acknowledged was stored."""
     kinds = [kind for kind in (*KINDS, "paced") if any(r.kind == kind for r in rounds)]
     summary: dict[str, Any] = {k: {n: median(rounds, k, n) for n in COLUMNS} for k in kinds}
-    stores = [r.store for r in rounds if r.kind == "node"]
-    node = summary["node"]
-    for name in ("drain_s", "backlog_batches", "sustained_events_per_s"):
-        node[name] = statistics.median(d[name] for d in stores)
-    materialised = [d["drain_events_per_s"] for d in stores if d["drain_events_per_s"]]
-    node["drain_events_per_s"] = statistics.median(materialised) if materialised else None
-    cpu = node["cpu_us_per_event"]
+    cpu = summary["node"]["cpu_us_per_event"]
     summary["cpu_ratio"] = {
         "raw_floor": summary["raw"]["cpu_us_per_event"] / cpu,
         "app_floor": summary["floor"]["cpu_us_per_event"] / cpu,
@@ -293,10 +268,6 @@ def summarise(rounds: list[Round], opts: Options) -> dict[str, Any]:
     return summary
 
 
-def verdict(passed: bool) -> str:
-    return "PASS" if passed else "FAIL"
-
-
 def print_table(summary: dict[str, Any], opts: Options) -> None:
     print(
         f"\nmedians over {opts.rounds} rounds, wrk -t{opts.threads} -c{opts.connections}"
@@ -305,7 +276,7 @@ def print_table(summary: dict[str, Any], opts: Options) -> None:
     )
     print(
         f"{'':10}{'events/s':>10}{'p50 ms':>8}{'p99 ms':>8}{'RSS MiB':>9}{'HWM MiB':>9}"
-        f"{'CPU us/event':>14}{'server':>8}{'CPU %':>7}"
+        f"{'CPU us/event':>14}{'CPU %':>7}"
     )
     for kind in (*KINDS, "paced"):
         row = summary.get(kind)
@@ -314,16 +285,14 @@ def print_table(summary: dict[str, Any], opts: Options) -> None:
         print(
             f"{LABELS[kind]:10}{row['events_per_s']:>10,.0f}{row['p50_ms']:>8.2f}"
             f"{row['p99_ms']:>8.2f}{row['rss_mb']:>9.1f}{row['hwm_mb']:>9.1f}"
-            f"{row['cpu_us_per_event']:>14.2f}{row['server_cpu_share']:>8.0%}"
-            f"{row['cpu_pct']:>7.0f}"
+            f"{row['cpu_us_per_event']:>14.2f}{row['cpu_pct']:>7.0f}"
         )
     print(
         "\nCPU: user + system of the server and all its children, from idle before the"
-        " first request until idle again (journal empty, CPU quiet), per acknowledged event;"
-        " server: the share of the server process itself, the rest is its children's"
-        " (materialisers); CPU %: of one core over that time"
+        " first request until idle again (CPU quiet), per acknowledged event;"
+        " CPU %: of one core over that time"
     )
-    ratio, node = summary["cpu_ratio"], summary["node"]
+    ratio = summary["cpu_ratio"]
     print(
         f"raw floor / node CPU per event: {ratio['raw_floor']:.2f}"
         f" (target >= {summary['target']:.2f}): {verdict(summary['pass'])}"
@@ -341,24 +310,16 @@ def print_table(summary: dict[str, Any], opts: Options) -> None:
         f"node memory, all processes, peaks summed: {summary['node_hwm_mb']:.0f} MiB"
         f" (target <= {RSS_TARGET_MB:.0f}): {verdict(summary['rss_pass'])}"
     )
-    print(
-        f"materialisation backlog at the end of a run: {node['backlog_batches']:.0f} batches,"
-        f" drained in {node['drain_s']:.1f} s (medians); sustained (run + drain, every event"
-        f" a row): {node['sustained_events_per_s']:,.0f} events/s"
-    )
     stored = "every acknowledged event stored" if summary["verified"] else "STORED COUNT MISMATCH"
     print(f"verification (events count): {stored}; non-200 responses: {summary['non200']}")
 
 
 def drain_vs_ingest(summary: dict[str, Any]) -> dict[str, Any]:
-    """How fast a node's backlog drains against how fast the node ingests, for each of the
-    steps a backlog goes through: journal -> rows (the materialisers, measured by the
-    node rounds once their load stops) and rows -> engines (the forwarder: into each
-    engine, and into both at once)."""
+    """How fast the forwarder drains a node's backlog (into each engine, and into both at
+    once) against how fast the node ingests."""
     ingest = summary["node"]["events_per_s"]
     rates = summary["forward"]["rates"]
     steps = {
-        "materialising (journal -> rows)": summary["node"]["drain_events_per_s"],
         "forwarding into postgresql": rates["postgresql"]["median"],
         "forwarding into clickhouse": rates["clickhouse"]["median"],
         "forwarding into both at once": summary["forward"]["drain_events_per_s"],
@@ -368,7 +329,6 @@ def drain_vs_ingest(summary: dict[str, Any]) -> dict[str, Any]:
         "steps": {
             step: {"drain_events_per_s": rate, "ratio": rate / ingest, "pass": rate > ingest}
             for step, rate in steps.items()
-            if rate is not None
         },
     }
 
@@ -377,10 +337,9 @@ def print_drain_vs_ingest(row: dict[str, Any]) -> None:
     ingest = row["node_events_per_s"]
     print(f"\nbacklog drain / node ingest ({ingest:,.0f} events/s; > 1: drains faster):")
     for step, figures in row["steps"].items():
-        verdict = "PASS" if figures["pass"] else "FAIL"
         print(
             f"  {step:32} {figures['drain_events_per_s']:>9,.0f} events/s"
-            f"  ratio {figures['ratio']:.2f}  {verdict}"
+            f"  ratio {figures['ratio']:.2f}  {verdict(figures['pass'])}"
         )
 
 
@@ -414,7 +373,9 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument("--warmup", type=int, default=2, help="seconds of load before each run")
     parser.add_argument("--connections", type=int, default=32, help="wrk keep-alive connections")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
-    parser.add_argument("--drain-timeout", type=float, default=60.0, help="seconds")
+    parser.add_argument(
+        "--idle-timeout", type=float, default=60.0, help="seconds to wait for a quiet node"
+    )
     parser.add_argument("--target", type=float, default=0.5, help="raw/node CPU per event")
     parser.add_argument("--forward-rounds", type=int, default=3, help="0: no engines at all")
     parser.add_argument(
@@ -422,28 +383,36 @@ def parse_options(argv: list[str] | None = None) -> Options:
     )
     parser.add_argument("--forward-target", type=float, default=forward.TARGET, help="events/s")
     parser.add_argument("--end-to-end", type=int, default=10, help="seconds of load; 0: skip")
+    parser.add_argument(
+        "--big-store-events", type=int, default=big_store.EVENTS, help="in the big store"
+    )
+    parser.add_argument(
+        "--no-big-store", action="store_true", help="skip reading a big store (bench/big_store.py)"
+    )
     parser.add_argument("--output", type=Path, default=BENCH / "results" / "latest.json")
     parser.add_argument(
         "--quick",
         action="store_true",
         help="ingest only, about 2 minutes: --rounds 2 --duration 8 --forward-rounds 0"
-        " --end-to-end 0 (these win over the options)",
+        " --end-to-end 0 --no-big-store (these win over the options)",
     )
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration, args.forward_rounds, args.end_to_end = 2, 8, 0, 0
+        args.no_big_store = True
     return Options(
         rounds=args.rounds,
         duration_s=args.duration,
         warmup_s=args.warmup,
         connections=args.connections,
         threads=args.threads,
-        drain_timeout_s=args.drain_timeout,
+        idle_timeout_s=args.idle_timeout,
         target=args.target,
         forward_rounds=args.forward_rounds,
         forward_events=args.forward_events,
         forward_target=args.forward_target,
         end_to_end_s=args.end_to_end,
+        big_store_events=0 if args.no_big_store else args.big_store_events,
         output=args.output,
     )
 
@@ -507,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarise(rounds, opts)
         if opts.forward_rounds:
             summary.update(engine_stages(opts, Path(tmp), store))
+        if opts.big_store_events:
+            summary["big_store"] = big_store.measure(opts.big_store_events, Path(tmp))
     print_table(summary, opts)
     ok = summary["verified"] and summary["non200"] == 0
     if "forward" in summary:
@@ -518,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
         e2e = summary["end_to_end"]
         end_to_end.print_summary(e2e, summary["node"]["events_per_s"])
         ok = ok and e2e["verified"] and e2e["non200"] == 0
+    if "big_store" in summary:
+        big_store.print_summary(summary["big_store"])
+        ok = ok and summary["big_store"].get("verified", True)
     write_json(rounds, summary, opts)
     return 0 if ok else 1
 

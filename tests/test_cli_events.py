@@ -9,13 +9,13 @@ import itertools
 import json
 import queue
 import signal
-import sqlite3
 import subprocess
 import threading
 from collections.abc import Iterator
 from typing import IO, Any
 
 from support.node import CLI, Node
+from support.store import poison
 
 COLUMNS = [
     "id",
@@ -138,32 +138,25 @@ def test_env_var_data_dir(node: Node) -> None:
     assert out.stdout.strip() == "1"
 
 
-# Rows an older server stored, or a hand edit left, that cannot be exported as they are:
-# (timestamp, received_at, properties), written straight into the store with sqlite3.
-YEAR_1_UTC = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z in microseconds since the epoch
-BAD_ROWS = {
-    "OverflowError": (YEAR_1_UTC - 3_600_000_000, 0, "{}"),  # 0001-01-01T00:00:00+01:00
-    "JSON": (0, 0, "{not json"),
-    "UTF-8": (0, 0, b'{"a":"\xff"}'),
-    "received_at": (0, 2**62, "{}"),
+# Batches a hand edit (or a bug) left that cannot be exported: (body, received_at), written
+# straight into the store with sqlite3.
+GOOD = b'[{"user_id":"u","event":"bad","timestamp":"2026-06-20T12:00:00Z"}]'
+BAD_BATCHES = {
+    "time out of range": (GOOD.replace(b"2026-06-20T12:00:00Z", b"0001-01-01T00:00:00+01:00"), 0),
+    "JSON": (b"[{not json", 0),
+    "UTF-8": (GOOD.replace(b'"u"', b'"\xff"'), 0),
+    "received_at": (GOOD, 2**62),
 }
 
 
-def store_bad_rows(node: Node) -> None:
-    with sqlite3.connect(node.data_dir / "trubrics.db") as conn:
-        for index, (at, received_at, properties) in enumerate(BAD_ROWS.values()):
-            conn.execute(
-                "INSERT INTO events (id, project, user_id, event, timestamp, thread_id, properties,"
-                " received_at, source) VALUES (?, ?, 'u', 'bad', ?, NULL, ?, ?, 'event')",
-                (f"bad-{index}", node.project, at, properties, received_at),
-            )
-    conn.close()
+def store_bad_batches(node: Node) -> None:
+    for body, received_at in BAD_BATCHES.values():
+        poison(node.data_dir / "trubrics.db", node.project, body, received_at)
 
 
-def test_export_skips_and_names_unreadable_rows_and_writes_the_rest(node: Node) -> None:
+def test_export_skips_and_names_unreadable_batches_and_writes_the_rest(node: Node) -> None:
     publish(node, "2026-06-20T12:00:00Z")
-    node.cli("events", "count")  # materialised, so the bad rows come after it
-    store_bad_rows(node)
+    store_bad_batches(node)
     publish(node, "2026-06-20T12:00:01Z")
     for fmt in ("ndjson", "csv"):
         done = node.cli("events", "export", "--format", fmt, check=False)
@@ -177,21 +170,22 @@ def test_export_skips_and_names_unreadable_rows_and_writes_the_rest(node: Node) 
         assert events == ["e0", "e0"], done.stdout
         skipped = [line for line in done.stderr.splitlines() if line.startswith("skipped")]
         assert [line.split(":")[0] for line in skipped] == [
-            f"skipped stored event seq {seq}" for seq in range(2, 2 + len(BAD_ROWS))
+            f"skipped stored batch {batch}" for batch in range(2, 2 + len(BAD_BATCHES))
         ]
-        assert "OverflowError" in skipped[0] and "UnicodeDecodeError" in done.stderr
-        assert f"{len(BAD_ROWS)} stored event(s) could not be read" in done.stderr
-    assert node.cli("events", "count").stdout.strip() == str(2 + len(BAD_ROWS))
+        assert "out of range" in skipped[0] and "Invalid JSON" in skipped[1], skipped
+        assert "utf-8" in skipped[2] and "OverflowError" in skipped[3], skipped
+        assert f"{len(BAD_BATCHES)} stored batch(es) could not be read" in done.stderr
+    assert node.cli("events", "count").stdout.strip() == str(2 + len(BAD_BATCHES))
 
 
-def test_tail_skips_an_unreadable_row_and_goes_on(node: Node) -> None:
+def test_tail_skips_an_unreadable_batch_and_goes_on(node: Node) -> None:
     with following(node) as (output, errors, tail):
-        store_bad_rows(node)
+        store_bad_batches(node)
         publish(node, "2026-06-20T12:00:01Z", user="after")
         assert next(output)["user_id"] == "after"
-        reasons = [errors.get(timeout=10) for _ in BAD_ROWS]
-        assert all(line.startswith("skipped stored event seq") for line in reasons), reasons
-    assert tail.returncode == 1, "interrupted after skipping rows"
+        reasons = [errors.get(timeout=10) for _ in BAD_BATCHES]
+        assert all(line.startswith("skipped stored batch") for line in reasons), reasons
+    assert tail.returncode == 1, "interrupted after skipping batches"
 
 
 FORMULAS = ["=HYPERLINK(\"http://x.example\",\"y\")", "=cmd|' /C calc'!A0", "+1+1", "-2+3",

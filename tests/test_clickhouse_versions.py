@@ -4,7 +4,7 @@ through chdb), and the PostgreSQL versions of the same queries on a real Postgre
 
 The queries are read from README.md's "Querying the events" section, so the documented
 queries are exactly the tested ones. The events enter the node's store the real way
-(journaled batches, materialised by ``catch_up``) and reach each engine in the sink's own
+(journaled batches, expanded as the forwarder reads them) and reach each engine in the sink's own
 encoding, with redelivered duplicates.
 
 chdb runs ClickHouse inside this process, without a server: it cannot reach the sink's HTTP
@@ -20,7 +20,6 @@ import json
 import os
 import re
 import socket
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 import pytest
 
 from support.engines import ClickHouseCluster, PostgresServer, send_rows
+from support.store import journal
 from trubrics_ingestion.forward import open_sink, parse_sink_url
 from trubrics_ingestion.forward.clickhouse import (
     DATETIME64_SPAN,
@@ -41,9 +41,9 @@ from trubrics_ingestion.forward.clickhouse import (
     span_of,
     time_type,
 )
-from trubrics_ingestion.forward.cursors import read_batch
 from trubrics_ingestion.forward.sink import Row
-from trubrics_ingestion.store.materialise import catch_up
+from trubrics_ingestion.schema import Source
+from trubrics_ingestion.store.read import rows as rows_of
 from trubrics_ingestion.store.sqlite import connect
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -53,7 +53,6 @@ QUERIES = (
     "a conversation thread, in order",
     "LLM latency percentiles per model, in seconds",
 )
-JOURNAL = "INSERT INTO journal (project, source, received_at, body) VALUES (?, ?, ?, ?)"
 DATABASE = "trubrics"
 
 
@@ -175,10 +174,9 @@ PERCENTILES = {"claude-3": (1, [1.5, 1.5, 1.5]), "gpt-4o": (51, [6.5, 11.5, 12.6
 
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory: pytest.TempPathFactory) -> Sequence[Row]:
-    """The events above, materialised by the node's store, as the forwarder reads them."""
+    """The events above, stored by the node's journal, as the forwarder reads them."""
     conn = connect(tmp_path_factory.mktemp("store") / "trubrics.db")
-    now = time.time_ns() // 1000
-    batches = [
+    batches: list[tuple[str, Source, list[dict[str, Any]]]] = [
         ("demo", "event", DEMO_EVENTS[:4]),
         ("demo", "llm", DEMO_LLM[:1]),
         ("demo", "event", DEMO_EVENTS[4:]),
@@ -186,14 +184,8 @@ def rows(tmp_path_factory: pytest.TempPathFactory) -> Sequence[Row]:
         ("other", "event", OTHER_EVENTS),
         ("other", "llm", OTHER_LLM),
     ]
-    conn.execute("BEGIN IMMEDIATE")
-    conn.executemany(
-        JOURNAL,
-        [(project, kind, now, json.dumps(body).encode()) for project, kind, body in batches],
-    )
-    conn.execute("COMMIT")
-    catch_up(conn)
-    found = read_batch(conn, 0, 1000)
+    journal(conn, batches)
+    found = list(rows_of(conn))
     conn.close()
     assert len(found) == len(DEMO_EVENTS) + 2 * len(DEMO_LLM) + 1 + 2
     return found
@@ -414,7 +406,7 @@ def test_the_time_type_follows_the_server_version() -> None:
 
 def test_times_travel_as_iso_strings_clamped_to_the_span() -> None:
     def row(at: int) -> Row:
-        return (1, "id", "p", "u", "e", at, None, "{}", 1_781_956_800_000_001, "event")
+        return Row("id", "p", "u", "e", at, None, "{}", 1_781_956_800_000_001, "event")
 
     def times(span: tuple[int, int], *ats: int) -> list[str]:
         lines = encode_json_lines([row(at) for at in ats], span).splitlines()

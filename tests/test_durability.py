@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -64,24 +63,3 @@ def test_every_acknowledged_event_survives_sigkill_under_load(node: Node) -> Non
     assert len(stored) == len(set(stored)), "an event was stored twice"
     missing = {f"{tag}-{i}" for tag in acked for i in range(10)} - set(stored)
     assert not missing, f"{len(missing)} acknowledged events lost"
-
-
-def test_journaled_batches_not_yet_materialised_are_exported(node: Node) -> None:
-    assert node.post("/publish_events", batch("j", 5)).status_code == 200
-    node.stop(signal.SIGKILL)
-    conn = sqlite3.connect(node.data_dir / "trubrics.db")
-    conn.execute(
-        "INSERT INTO journal (project, source, received_at, body) VALUES (?, ?, ?, ?)",
-        (
-            node.project,
-            "event",
-            1_780_000_000_000_000,
-            b'[{"user_id":"late","event":"e","timestamp":"2026-06-20T12:00:00Z"}]',
-        ),
-    )
-    conn.commit()
-    conn.close()
-    assert [e["user_id"] for e in node.export()][-1] == "late"
-    assert sqlite3.connect(node.data_dir / "trubrics.db").execute(
-        "SELECT count(*) FROM journal"
-    ).fetchone() == (0,)

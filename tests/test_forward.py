@@ -1,10 +1,10 @@
-"""The forwarder ships every materialised event to PostgreSQL and to a 2-shard ClickHouse
+"""The forwarder ships every stored event to PostgreSQL and to a 2-shard ClickHouse
 cluster exactly once: through redelivery, engine outages and a ``kill -9`` mid-forward,
 with every field intact (NUL characters become U+FFFD in PostgreSQL only).
 
 Real servers from ``support/engines.py`` (one PostgreSQL and one cluster for the module, a fresh
-database per test); events enter the store the real way: journal batches, materialised
-by ``catch_up``.
+database per test); events enter the store the real way: journal batches, validated
+as the server does.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import psycopg
 import pytest
 
 from support.engines import ClickHouseCluster, PostgresServer, send_rows
+from support.store import journal, poison
 from support.waiting import wait_until
 from trubrics_ingestion.clock import to_micros
 from trubrics_ingestion.forward import (
@@ -45,12 +46,12 @@ from trubrics_ingestion.forward import (
 from trubrics_ingestion.forward import postgres as postgres_sink
 from trubrics_ingestion.forward.forwarder import Backoff
 from trubrics_ingestion.forward.postgres import encode_copy, json_without_nul
+from trubrics_ingestion.schema import Source
 from trubrics_ingestion.store import read as store_events
-from trubrics_ingestion.store.materialise import catch_up
+from trubrics_ingestion.store.expand import EventRow
 from trubrics_ingestion.store.sqlite import connect
 
 PROJECT = "demo"
-JOURNAL = "INSERT INTO journal (project, source, received_at, body) VALUES (?, ?, ?, ?)"
 BASE_US = 1_781_956_800_000_000  # 2026-06-20T12:00:00Z
 FAST_BACKOFF = {"backoff_max_s": 1.0}  # tests wait for recovery, not for 30 s of backoff
 
@@ -72,29 +73,18 @@ def an_event(n: int) -> dict[str, Any]:
     }
 
 
-def journal(conn: sqlite3.Connection, bodies: list[tuple[str, list[dict[str, Any]]]]) -> None:
-    """Journal batches as the server does after validation, then materialise them."""
-    now = time.time_ns() // 1000
-    conn.execute("BEGIN IMMEDIATE")
-    conn.executemany(
-        JOURNAL,
-        [(PROJECT, kind, now, json.dumps(items).encode()) for kind, items in bodies],
-    )
-    conn.execute("COMMIT")
-    catch_up(conn)
-
-
 def add_events(conn: sqlite3.Connection, count: int) -> None:
     """``count`` more events (a multiple of 100), in batches of 100."""
-    start = conn.execute("SELECT count(*) FROM events").fetchone()[0]
-    batches = [
-        ("event", [an_event(start + b + i) for i in range(100)]) for b in range(0, count, 100)
+    start = stored(conn)
+    batches: list[tuple[str, Source, list[dict[str, Any]]]] = [
+        (PROJECT, "event", [an_event(start + b + i) for i in range(100)])
+        for b in range(0, count, 100)
     ]
     journal(conn, batches)
 
 
 def stored(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+    return store_events.count(conn)
 
 
 @pytest.fixture
@@ -213,7 +203,7 @@ def test_every_event_arrives_once_with_every_field(
 ) -> None:
     add_events(store, 3000)
     llm = {"user_id": "u1", "prompt": "Hi?", "generation": "Hello!", "latency": 1.25}
-    journal(store, [("llm", [{**llm, "thread_id": f"conv-{i}"} for i in range(100)])])
+    journal(store, [(PROJECT, "llm", [{**llm, "thread_id": f"conv-{i}"} for i in range(100)])])
     total = stored(store)
     assert total == 3200
 
@@ -232,10 +222,7 @@ def test_every_event_arrives_once_with_every_field(
     assert sum(per_shard) == total and min(per_shard) > total // 4, per_shard
     assert_same_as_export(store, targets)
     threads = targets.pg("SELECT count(*) FROM events WHERE thread_id IS NOT NULL")[0][0]
-    assert (
-        threads
-        == store.execute("SELECT count(*) FROM events WHERE thread_id IS NOT NULL").fetchone()[0]
-    )
+    assert threads == sum(1 for row in store_events.rows(store) if row.thread_id is not None)
     # visitParam* reads ClickHouse's properties: they are compact JSON
     latencies = targets.ch(
         f"SELECT sum(visitParamExtractFloat(properties, 'latency(s)')) FROM {targets.name}.events"
@@ -244,7 +231,7 @@ def test_every_event_arrives_once_with_every_field(
     assert float(latencies) == pytest.approx(125.0)
     statuses = forward_status(database_of(store), targets.urls)
     assert [(s.cursor, s.backlog_rows, s.oldest_undelivered_age_s) for s in statuses] == [
-        (total, 0, None)
+        (31, 0, None)  # 30 batches of events and one of LLM events
     ] * 2
 
 
@@ -292,7 +279,7 @@ LATE_EVENT = {"user_id": "u", "event": "late", "timestamp": "9999-12-31T23:59:59
 def test_nul_becomes_replacement_in_postgres_and_unicode_survives(
     store: sqlite3.Connection, targets: Targets
 ) -> None:
-    journal(store, [("event", [NUL_EVENT, UNICODE_EVENT, LATE_EVENT])])
+    journal(store, [(PROJECT, "event", [NUL_EVENT, UNICODE_EVENT, LATE_EVENT])])
     forwarder = Forwarder(database_of(store), targets.urls)
     try:
         forward_all(forwarder, timeout_s=30)
@@ -332,7 +319,7 @@ def test_json_without_nul_only_touches_real_nuls() -> None:
     assert json_without_nul('{"a":"\\\\u0000"}') == '{"a":"\\\\u0000"}'  # escaped backslash
     assert json_without_nul('{"a":"x\\u0000"}') == '{"a":"x\ufffd"}'
     assert json_without_nul('{"a":1}') == '{"a":1}'
-    row = (1, str(uuid.uuid4()), "p", "u", "e", BASE_US, None, "{}", BASE_US, "event")
+    row = EventRow(str(uuid.uuid4()), "p", "u", "e", BASE_US, None, "{}", BASE_US, "event")
     assert encode_copy([row]).startswith(b"PGCOPY\n\xff\r\n\x00")
 
 
@@ -340,7 +327,7 @@ def test_json_without_nul_only_touches_real_nuls() -> None:
 
 
 class Running:
-    """``run_forever`` in a thread, as the materialiser child will run it."""
+    """``run_forever`` in a thread, as the forwarder child runs it."""
 
     def __init__(self, database: Path, urls: list[str]) -> None:
         self.stop = threading.Event()
@@ -414,7 +401,7 @@ run_forever(Path(sys.argv[1]), sys.argv[2:], parent_pid=os.getppid(), batch_rows
 
 def test_kill_9_mid_forward_then_restart(store: sqlite3.Connection, targets: Targets) -> None:
     database = database_of(store)
-    add_events(store, 30_000)
+    add_events(store, 30_000)  # batches 1..300
     for url in targets.urls:  # tables first, so that both engines start forwarding together
         sink = open_sink(parse_sink_url(url))
         sink.migrate()
@@ -423,7 +410,7 @@ def test_kill_9_mid_forward_then_restart(store: sqlite3.Connection, targets: Tar
     child = subprocess.Popen(argv)
     try:
         wait_until(
-            lambda: min(s.cursor for s in forward_status(database, targets.urls)) > 2000,
+            lambda: min(s.cursor for s in forward_status(database, targets.urls)) > 20,
             60,
             "some progress",
         )
@@ -431,7 +418,7 @@ def test_kill_9_mid_forward_then_restart(store: sqlite3.Connection, targets: Tar
         child.wait(10)
         cursors_at_kill = [s.cursor for s in forward_status(database, targets.urls)]
         assert all(c > 0 for c in cursors_at_kill), cursors_at_kill
-        assert any(c < 30_000 for c in cursors_at_kill), cursors_at_kill  # killed mid-forward
+        assert any(c < 300 for c in cursors_at_kill), cursors_at_kill  # mid-forward (batch 300)
         child = subprocess.Popen(argv)
         wait_until(lambda: _backlogs(database, targets) == [0, 0], 60, "delivery after restart")
     finally:
@@ -441,28 +428,45 @@ def test_kill_9_mid_forward_then_restart(store: sqlite3.Connection, targets: Tar
     assert targets.ch_count() == 30_000
 
 
+def test_a_batch_that_cannot_be_expanded_is_quarantined_not_blocking(
+    store: sqlite3.Connection, targets: Targets, caplog: pytest.LogCaptureFixture
+) -> None:
+    add_events(store, 200)
+    bad = poison(database_of(store), PROJECT)
+    add_events(store, 100)
+    forwarder = Forwarder(database_of(store), targets.urls)
+    try:
+        with caplog.at_level(logging.ERROR, logger="trubrics_ingestion.forward"):
+            forward_all(forwarder)
+    finally:
+        forwarder.close()
+    assert targets.pg_count() == 300
+    assert targets.ch_count() == 300
+    quarantined = store.execute("SELECT batch, error FROM quarantine").fetchall()
+    assert [batch for batch, _ in quarantined] == [bad] and "JSON" in quarantined[0][1]
+    assert any(f"batch {bad}" in r.getMessage() for r in caplog.records), caplog.text
+    assert stored(store) == 300
+
+
 # --- pruning, backoff, URLs (no engines) -----------------------------------------------------
 
 
-def test_prune_deletes_only_what_every_engine_has_and_never_the_newest(
-    store: sqlite3.Connection,
-) -> None:
-    add_events(store, 1000)
-    cursors.ensure_table(store)
+def test_prune_deletes_only_what_every_engine_has(store: sqlite3.Connection) -> None:
+    add_events(store, 1000)  # batches 1..10
     now = time.time_ns() // 1000
     sinks = ["a", "b"]
     assert prune(store, sinks, None) == 0  # the default: keep everything
-    cursors.advance(store, "a", 1000)
+    cursors.advance(store, "a", 10)
     assert prune(store, sinks, 0) == 0  # b has nothing yet
-    cursors.advance(store, "b", 600)
+    cursors.advance(store, "b", 6)
     assert prune(store, sinks, 3600, at_us=now) == 0  # all too recent
     assert prune(store, sinks, 0, at_us=now + 1) == 600
     assert stored(store) == 400
-    cursors.advance(store, "b", 1000)
-    assert prune(store, sinks, 0, at_us=now + 1) == 399  # the newest row stays...
-    add_events(store, 100)  # ...so new events get seqs above every cursor
-    assert store.execute("SELECT min(seq) FROM events").fetchone()[0] == 1000
+    cursors.advance(store, "b", 10)
+    assert prune(store, sinks, 0, at_us=now + 1) == 400  # the newest batch too...
+    add_events(store, 100)  # ...as numbers are never reused: the next is above every cursor
     assert [s.backlog_rows for s in cursors.read_status(database_of(store), sinks)] == [100, 100]
+    assert [s.cursor for s in cursors.read_status(database_of(store), sinks)] == [10, 10]
 
 
 def test_backoff_doubles_from_half_a_second_to_ten() -> None:
@@ -535,7 +539,7 @@ def test_postgres_upgrades_a_v1_schema_keeping_its_rows(
 ) -> None:
     """A database migrated by the first release: upgraded in place, nothing lost."""
     add_events(store, 10)
-    rows = cursors.read_batch(store, 0, 100)
+    rows = list(store_events.rows(store))
     with psycopg.connect(targets.pg_url, autocommit=True) as conn:
         conn.execute(postgres_sink.MIGRATIONS[0])
         conn.execute("CREATE TABLE trubrics_schema (component text PRIMARY KEY, version integer)")
@@ -572,7 +576,7 @@ def test_clickhouse_without_cluster_and_after_an_idle_keepalive(
     add_events(store, 300)
     url = targets.ch_url.split("?")[0]
     sink = open_sink(parse_sink_url(url))
-    rows = cursors.read_batch(store, 0, 1000)
+    rows = list(store_events.rows(store))
     try:
         sink.migrate()
         send_rows(sink, rows[:200])

@@ -121,6 +121,25 @@ def test_cors_origins_are_configurable(make_node) -> None:  # type: ignore[no-un
     assert bad.status_code == 400 and "access-control-allow-origin" not in bad.headers
 
 
+def test_answers_vary_on_origin_with_or_without_one(node: Node) -> None:
+    """Requests without ``Origin`` skip the CORS middleware, yet get what it would add."""
+    for origin in ({}, {"origin": "https://app.example.com"}):
+        cors = [("access-control-allow-origin", "*")] if origin else []
+        answers = {
+            "/publish_events": (node.post("/publish_events", [EVENT], headers=origin), []),
+            "401": (node.post("/publish_events", [EVENT], key=None, headers=origin), []),
+            "405": (
+                requests.get(node.url + "/publish_events", timeout=5, headers=origin),
+                [("allow", "POST")],
+            ),
+        }
+        for name, (response, extra) in answers.items():
+            headers = [(k, v) for k, v in response.raw.headers.items() if k != "date"]
+            length = str(len(response.content))
+            expected = [("content-type", "application/json"), ("content-length", length)]
+            assert headers == [*expected, *extra, *cors, ("vary", "Origin")], name
+
+
 def test_health_readiness_and_contract(node: Node) -> None:
     assert requests.get(node.url + "/healthz", timeout=5).json() == {"status": "ok"}
     assert requests.get(node.url + "/readyz", timeout=5).json() == {"status": "ready"}

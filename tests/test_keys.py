@@ -16,7 +16,16 @@ import pytest
 
 from support.engines import free_port
 from support.node import CLI, Node, cli, create_key
-from trubrics_ingestion.keys.model import KEY_PREFIX, generate_key, key_problem, weakness
+from trubrics_ingestion.errors import Unauthorized
+from trubrics_ingestion.keys.cache import KeyTable
+from trubrics_ingestion.keys.model import (
+    KEY_PREFIX,
+    ActiveKey,
+    generate_key,
+    hash_key,
+    key_problem,
+    weakness,
+)
 
 EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
 
@@ -178,3 +187,15 @@ def test_wal_and_shm_files_are_private_too(node: Node) -> None:
     assert node.post("/publish_events", [EVENT]).ok
     for name in ("trubrics.db", "trubrics.db-wal", "trubrics.db-shm"):
         assert (node.data_dir / name).stat().st_mode & 0o777 == 0o600, name
+
+
+def test_a_remembered_key_value_does_not_outlive_its_revocation() -> None:
+    """The key cache's table remembers values found once (no hashing); a reload replaces it."""
+    key = generate_key()
+    active = ActiveKey(hash_key(key), "k1", "p")
+    table = KeyTable([active])
+    assert table.find(key) == active and table.find(key) == active  # hashed, then remembered
+    assert table.find(f" {key} ") == active  # found (not remembered: one value per key)
+    assert KeyTable([]).find(key) is None  # as after a reload without it
+    with pytest.raises(Unauthorized):
+        table.find("not a key")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 
 from support.node import Node
+from trubrics_ingestion.schema import decode_batch
 
 EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
 
@@ -130,3 +132,11 @@ def test_the_422_names_every_bad_event_whatever_failed_first(make_node) -> None:
         (["body", 3], "too_large"),
     ]
     assert node.export() == []
+
+
+def test_decoded_properties_holding_a_container_are_tracked_by_the_gc() -> None:
+    """What the depth check's first filter relies on (``limits._may_be_too_deep``)."""
+    for properties, nested in (({"a": 1, "b": "x", "c": None}, False), ({"a": []}, True)):
+        body = json.dumps([{**EVENT, "properties": properties}]).encode()
+        (item,) = decode_batch(body, "event")
+        assert gc.is_tracked(item.properties) is nested

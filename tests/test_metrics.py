@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import sqlite3
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -17,12 +12,13 @@ import uvicorn
 
 from support.engines import free_port
 from support.node import Node, Samples, create_key, scrape, value
-from support.processes import materialisers_of
+from support.store import poison
 from support.waiting import wait_until
 from trubrics_ingestion.config import Settings
 from trubrics_ingestion.keys.cache import KeyCache
 from trubrics_ingestion.keys.local import StoreKeys
 from trubrics_ingestion.node.server import build_app, uvicorn_config
+from trubrics_ingestion.store import batches
 from trubrics_ingestion.store import sqlite as store
 from trubrics_ingestion.store.journal import Journal
 
@@ -122,21 +118,15 @@ def test_unknown_paths_share_one_label(node: Node) -> None:
     assert value(samples, "trubrics_http_requests_total", endpoint="other", status="404") == 3
 
 
-def test_backlog_quarantine_and_store_size_are_read_from_the_store(node: Node) -> None:
+def test_quarantine_and_store_size_are_read_from_the_store(node: Node) -> None:
     samples = scrape(node)
     database = node.data_dir / "trubrics.db"
-    assert value(samples, "trubrics_materialise_backlog_batches") == 0
     assert value(samples, "trubrics_quarantined_batches") == 0
     assert value(samples, "trubrics_store_size_bytes") >= database.stat().st_size > 0
-
-    with materialiser_paused(node):
-        for n in range(3):
-            assert node.post("/publish_events", events(50, f"b{n}")).status_code == 200
-        assert value(scrape(node), "trubrics_materialise_backlog_batches") == 3
-        poison(database, node.project)
-        assert value(scrape(node), "trubrics_materialise_backlog_batches") == 4
-
-    wait_until(lambda: value(scrape(node), "trubrics_materialise_backlog_batches") == 0, 15)
+    assert node.post("/publish_events", events(50, "b")).status_code == 200
+    conn = store.connect(database)
+    batches.quarantine(conn, poison(database, node.project), "as a forwarder would")
+    conn.close()
     samples = scrape(node)
     assert value(samples, "trubrics_quarantined_batches") == 1
     on_disk = database.stat().st_size + Path(f"{database}-wal").stat().st_size
@@ -181,31 +171,6 @@ def test_per_project_labels_only_when_enabled(make_node) -> None:  # type: ignor
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def poison(database: Path, project: str) -> None:
-    """A journaled batch that cannot become rows (as if a bug let it through)."""
-    conn = sqlite3.connect(database)
-    conn.execute(
-        "INSERT INTO journal (project, source, received_at, body) VALUES (?, ?, ?, ?)",
-        (project, "event", 1_780_000_000_000_000, b"[not json"),
-    )
-    conn.commit()
-    conn.close()
-
-
-@contextmanager
-def materialiser_paused(node: Node) -> Iterator[None]:
-    """SIGSTOP the server's materialiser children, so that the backlog stays put."""
-    assert node.process is not None
-    children = materialisers_of(node.process.pid)
-    for child in children:
-        os.kill(child, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for child in children:
-            os.kill(child, signal.SIGCONT)
 
 
 def test_every_refusal_of_a_batch_has_a_reason_label() -> None:

@@ -24,7 +24,6 @@ import contextlib
 import json
 import secrets
 import signal
-import sqlite3
 import subprocess
 import threading
 import time
@@ -260,16 +259,6 @@ def backlogs(node: Node, urls: list[str]) -> list[int]:
     return [status.backlog_rows for status in forward_status(database_of(node), urls)]
 
 
-def journal_pending(node: Node) -> int:
-    """Acknowledged batches of ``node`` not yet turned into rows (read-only)."""
-    uri = f"{database_of(node).resolve().as_uri()}?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, timeout=10)
-    try:
-        return int(conn.execute("SELECT count(*) FROM journal").fetchone()[0])
-    finally:
-        conn.close()
-
-
 @contextlib.contextmanager
 def engines_held(postgres: PostgresServer, clickhouse: ClickHouseCluster) -> Iterator[None]:
     """Neither engine takes rows meanwhile: PostgreSQL's ``events`` is locked by a transaction
@@ -474,13 +463,12 @@ def test_kill_9_of_a_node_mid_forward_loses_and_doubles_nothing(
             load.up[0] = False
             children = kill_node(victim)
             left = backlogs(victim, urls)
-            pending = journal_pending(victim)
         time.sleep(1)
         victim.start()
         load.up[0] = True
         time.sleep(2)
-    assert len(children) == 3, f"expected 2 materialisers and the forwarder: {children}"
-    assert min(left) > 0, f"nothing left to forward at the kill: {left}, journal {pending}"
+    assert len(children) == 1, f"expected the forwarder: {children}"
+    assert min(left) > 0, f"nothing left to forward at the kill: {left}"
     unanswered = load.resend_unanswered()
     figures = check_engines_hold_exactly_what_was_acknowledged(nodes, load, postgres, clickhouse)
     report(
@@ -489,7 +477,6 @@ def test_kill_9_of_a_node_mid_forward_loses_and_doubles_nothing(
         {
             **figures,
             "backlog_at_kill": left,
-            "journal_at_kill": pending,
             "resent": unanswered,
             "total_s": round(time.monotonic() - started, 1),
         },

@@ -13,15 +13,16 @@ import pytest
 
 from support.engines import free_port
 from support.node import CLI, Node, cli, create_key
+from trubrics_ingestion.store import read
 from trubrics_ingestion.store import sqlite as store
 
 EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
 ROW = ("0190-id", "demo", "u", "e", 1, "t", "{}", 2, "event")
 
 
-def _indexes(conn: sqlite3.Connection) -> set[str]:
+def _indexes(conn: sqlite3.Connection, table: str = "events") -> set[str]:
     rows = conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'"
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?", (table,)
     )
     return {name for (name,) in rows}
 
@@ -41,29 +42,26 @@ def _at_version(database: Path, version: int) -> None:
     conn.close()
 
 
-def test_a_new_store_has_no_secondary_indexes_on_events(tmp_path: Path) -> None:
+def test_a_new_store_indexes_its_batches_by_time_only(tmp_path: Path) -> None:
     conn = store.connect(tmp_path / "trubrics.db")
     assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
-    assert _indexes(conn) == {"sqlite_autoindex_events_1"}  # the UNIQUE id
+    assert _indexes(conn, "batches") == {"batches_by_time"}
+    assert _indexes(conn, "bodies") == set()
 
 
-def test_a_v4_store_loses_its_event_indexes_and_keeps_its_rows(tmp_path: Path) -> None:
+def test_a_v4_store_keeps_its_rows(tmp_path: Path) -> None:
     database = tmp_path / "trubrics.db"
     _at_version(database, 4)
     with sqlite3.connect(database) as old:
         assert {"events_by_thread", "events_by_time"} <= _indexes(old)
     conn = store.connect(database)
-    assert _indexes(conn) == {"sqlite_autoindex_events_1"}
-    assert conn.execute(
-        "SELECT id, project, user_id, event, timestamp, thread_id, properties,"
-        " received_at, source FROM events"
-    ).fetchall() == [ROW]
+    assert list(read.rows(conn)) == [ROW]
     assert store.meta(conn, "node_id") == 7
 
 
 def test_a_store_from_a_newer_release_is_refused(tmp_path: Path) -> None:
     database = tmp_path / "trubrics.db"
-    _at_version(database, store.SCHEMA_VERSION)
+    store.connect(database).close()
     with sqlite3.connect(database, isolation_level=None) as newer:
         newer.execute(f"PRAGMA user_version={store.SCHEMA_VERSION + 1}")
     with pytest.raises(store.SchemaTooNew):

@@ -23,7 +23,6 @@ from .clock import parse_time
 from .config import DEFAULTS, SETTINGS, Declared, Settings
 from .keys.model import weakness
 from .node import logs
-from .store import materialise
 from .store import read as events
 from .store import sqlite as store
 from .urls import SinkUrl, SinkUrlError, parse_sink_url, read_url_file
@@ -371,13 +370,6 @@ def _engine_urls(
     return urls
 
 
-def _shard(text: str) -> materialise.Shard:
-    try:
-        return materialise.Shard.parse(text)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
 @main.group(name="keys")
 def keys_group() -> None:
     """Create, list and revoke API keys."""
@@ -469,42 +461,13 @@ def events_export(
     would run as formulas get a leading '). A stored event that cannot be read is skipped
     and named on stderr; the exit status is then 1, once all the others are written."""
     skipped = events.Skipped()
-    records = events.export(
+    found = events.export_batches(
         _open(data_dir), project=project, since=since, until=until, on_unreadable=skipped
     )
-    if fmt == "csv":
-        for chunk in events.to_csv_lines(records):
-            click.echo(chunk, nl=False)
-    else:
-        for record in records:
-            click.echo(events.to_ndjson(record))
+    chunks = events.to_csv_chunks(found) if fmt == "csv" else map(events.to_ndjson_lines, found)
+    for chunk in chunks:  # a stored batch's events a write, flushed
+        click.echo(chunk, nl=False)
     _fail_if_skipped(skipped)
-
-
-@events_group.command(name="materialise", hidden=True)  # the server's own worker
-@click.option("--follow", is_flag=True, help="Keep going: materialise new batches as they come.")
-@click.option(
-    "--shard",
-    default="1/1",
-    callback=lambda _ctx, _param, text: _shard(text),
-    help="With --follow: take only share K of N of the journal, as the server's K-th of N"
-    " materialisers.",
-)
-@click.option("--parent-pid", type=int, hidden=True, help="Exit when this process is gone.")
-@data_dir_option
-def events_materialise(
-    follow: bool, shard: materialise.Shard, parent_pid: int | None, data_dir: Path
-) -> None:
-    """Turn journaled batches into per-event rows (the server runs this in the background)."""
-    database = Settings(data_dir=data_dir).database_path
-    if shard != materialise.ALL and not follow:
-        raise click.UsageError("--shard goes with --follow (a catch-up takes every batch)")
-    if follow:
-        logs.configure()  # the server's child: its lines join the server's, as JSON
-        with contextlib.suppress(KeyboardInterrupt):
-            materialise.follow(database, parent_pid=parent_pid, shard=shard)
-    else:
-        materialise.catch_up(store.connect(database))
 
 
 @events_group.command(name="tail")
@@ -515,8 +478,8 @@ def events_tail(project: str | None, data_dir: Path) -> None:
     and named on stderr, as by export)."""
     skipped = events.Skipped()
     try:
-        for record in events.tail(_open(data_dir), project=project, on_unreadable=skipped):
-            click.echo(events.to_ndjson(record))
+        for records in events.tail(_open(data_dir), project=project, on_unreadable=skipped):
+            click.echo(events.to_ndjson_lines(records), nl=False)
     except KeyboardInterrupt:
         pass
     _fail_if_skipped(skipped)
@@ -525,5 +488,5 @@ def events_tail(project: str | None, data_dir: Path) -> None:
 def _fail_if_skipped(skipped: events.Skipped) -> None:
     if skipped.count:
         raise click.ClickException(
-            f"{skipped.count} stored event(s) could not be read and were skipped (see above)."
+            f"{skipped.count} stored batch(es) could not be read and were skipped (see above)."
         )

@@ -79,16 +79,6 @@ class Settings:
     data_dir: Path = setting(  # noqa: RUF009 (a field; ruff sees a call, Path being immutable)
         Path("data"), Option(group=NODE, help="Where the SQLite store lives")
     )
-    materialisers: int = setting(
-        2,  # processes building rows from the journal, taking turns to insert
-        Option(
-            group=NODE,
-            help="Processes turning acknowledged batches into rows (more drain a backlog"
-            " faster, on more cores)",
-            low=1,
-            high=8,
-        ),
-    )
     cors_origins: tuple[str, ...] = setting(
         ("*",), Option(group=NODE, help="Comma-separated origins allowed to publish from a browser")
     )

@@ -62,11 +62,6 @@ def children_of(server_pid: int, command: bytes = b"") -> list[int]:
     return found
 
 
-def materialisers_of(pid: int) -> list[int]:
-    """The server's materialiser children (``serve --materialisers``, 2 by default)."""
-    return children_of(pid, b"materialise")
-
-
 def kill_node(node: Node) -> list[int]:
     """SIGKILL the server and every child it started, as a power cut would; returns the
     children's pids. Leaves ``node`` stopped, ready for ``start()`` on the same data dir."""

@@ -82,7 +82,7 @@ _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z in Unix microseconds
 _HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _TRAILER = struct.pack(">h", -1)
 _NULL = struct.pack(">i", -1)
-_ROW_START = struct.Struct(">hi16si").pack  # field count, uuid (length, 16 bytes), length
+_ROW_START = struct.pack(">hi", 9, 16)  # field count, the uuid's length (its bytes follow)
 _LENGTH = struct.Struct(">i").pack
 _TIMESTAMP = struct.Struct(">iq").pack  # length 8, microseconds since 2000-01-01
 _JSONB_VERSION = b"\x01"
@@ -159,45 +159,34 @@ def encode_copy(rows: Sequence[Row]) -> bytes:
     """Rows as one binary COPY stream (header, tuples, trailer) in ``_INSERT_COLUMNS`` order.
 
     Written for speed, as the forwarder's CPU competes with the engine's on small machines:
-    the ids are converted from hex in one call for the whole batch, and each tuple is
-    assembled by a single join."""
-    ids = bytes.fromhex("".join([row[1] for row in rows]).replace("-", ""))
+    the ids are converted from hex in one call for the whole batch, each tuple is
+    assembled by a single join, and the fields that repeat within a batch (project,
+    event name, user, thread, source, receive time) are encoded once per value, NUL
+    replaced then too (``_field``)."""
+    ids = bytes.fromhex("".join([row[0] for row in rows]).replace("-", ""))
     out = [_HEADER]
     add = out.append
     join = b"".join
     start = 0
-    for _seq, _id, project, user, event, timestamp, thread, props, received, source in rows:
-        if _has_nul(project, user, event, thread, props):
-            project, user, event = (
-                text.replace(_NUL, _REPLACEMENT) for text in (project, user, event)
-            )
-            thread = None if thread is None else thread.replace(_NUL, _REPLACEMENT)
-            props = json_without_nul(props)
-        p, u, e, j, s = (
-            project.encode(),
-            user.encode(),
-            event.encode(),
-            props.encode(),
-            source.encode(),
-        )
-        t = _NULL if thread is None else _LENGTH(len(tb := thread.encode())) + tb
+    texts: dict[str, bytes] = {}
+    times: dict[int, bytes] = {}
+    for _id, project, user, event, timestamp, thread, props, received, source in rows:
+        j = (props if _ESCAPED_NUL not in props else json_without_nul(props)).encode()
         add(
             join(
                 (
-                    _ROW_START(9, 16, ids[start : start + 16], len(p)),
-                    p,
-                    _LENGTH(len(u)),
-                    u,
-                    _LENGTH(len(e)),
-                    e,
+                    _ROW_START,
+                    ids[start : start + 16],
+                    texts.get(project) or _field(texts, project),
+                    texts.get(user) or _field(texts, user),
+                    texts.get(event) or _field(texts, event),
                     _TIMESTAMP(8, timestamp - _PG_EPOCH_US),
-                    t,
+                    _NULL if thread is None else texts.get(thread) or _field(texts, thread),
                     _LENGTH(len(j) + 1),
                     _JSONB_VERSION,
                     j,
-                    _TIMESTAMP(8, received - _PG_EPOCH_US),
-                    _LENGTH(len(s)),
-                    s,
+                    times.get(received) or _time(times, received),
+                    texts.get(source) or _field(texts, source),
                 )
             )
         )
@@ -206,15 +195,17 @@ def encode_copy(rows: Sequence[Row]) -> bytes:
     return join(out)
 
 
-def _has_nul(project: str, user: str, event: str, thread: str | None, props: str) -> bool:
-    """Cheap test first: NUL is rare, and in the JSON text it appears escaped."""
-    return (
-        _NUL in user
-        or _NUL in event
-        or _ESCAPED_NUL in props
-        or _NUL in project
-        or (thread is not None and _NUL in thread)
-    )
+def _field(fields: dict[str, bytes], text: str) -> bytes:
+    """A text field as COPY sends it (length, then UTF-8, NUL replaced), remembered."""
+    encoded = text.replace(_NUL, _REPLACEMENT).encode()
+    field = fields[text] = _LENGTH(len(encoded)) + encoded
+    return field
+
+
+def _time(times: dict[int, bytes], micros: int) -> bytes:
+    """A timestamptz as COPY sends it (length, microseconds since 2000), remembered."""
+    field = times[micros] = _TIMESTAMP(8, micros - _PG_EPOCH_US)
+    return field
 
 
 def json_without_nul(document: str) -> str:

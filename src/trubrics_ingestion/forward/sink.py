@@ -21,9 +21,7 @@ from typing import Protocol
 
 from ..store.expand import EventRow
 
-# One ``events`` row of the node's SQLite store, in this column order.
-COLUMNS = ("seq", *EventRow._fields)
-Row = tuple[int, str, str, str, str, int, str | None, str, int, str]
+Row = EventRow  # one event, as the forwarder expands it from a stored batch
 
 
 class Sink(Protocol):

@@ -8,7 +8,9 @@ framework route: it is the hot path, and it is small.
 Every request, CORS preflights included, is counted in ``metrics`` and gets one line in
 the access log once answered: the app wraps Starlette's CORS middleware, which wraps the
 routing, and what the routing learns (project, events stored, why refused) reaches the
-outer layer in an ``Exchange`` kept in the ASGI scope. The exchanges answered in one
+outer layer in an ``Exchange`` kept in the ASGI scope. A request without an ``Origin``
+header (not from a browser: SDKs, servers) skips the middleware, which would only add
+``Vary: Origin`` to its answer: the routing adds it itself. The exchanges answered in one
 iteration of the event loop are accounted together at its end (``account``): measured
 under load, that halves what counting and logging cost per request (the code runs warm).
 A scrape of ``/metrics`` accounts for everything answered before it first.
@@ -19,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
@@ -37,7 +39,7 @@ from ..errors import (
     NotFound,
     ShuttingDown,
 )
-from ..schema import Source
+from ..schema import Item, Source
 from .access import OperatorAccess
 from .body import BodyBudget, ClientDisconnected, Hold, read_body
 from .limits import PayloadLimits
@@ -64,6 +66,7 @@ EXPANSION: dict[Source, int] = {"event": 1, "llm": 2}  # stored events per item
 CLOSED_BY_CLIENT = 499  # nginx's status for a client gone before its answer: logs only
 MAX_LOGGED_PATH = 256  # a 404's path is the client's text: bounded in the access log
 _JSON: Headers = ((b"content-type", b"application/json"),)
+_VARY_ORIGIN: Headers = ((b"vary", b"Origin"),)  # what CORS adds to an answer without Origin
 _TEXT: Headers = ((b"content-type", CONTENT_TYPE_LATEST.encode()),)
 _EXCHANGE = "trubrics.exchange"
 # Headers read as one value: a second copy is refused, never silently preferred.
@@ -93,6 +96,8 @@ class Journal(Protocol):
         body: bytes,
         received_at: int,
         idempotency_key: str | None = None,
+        *,
+        items: Sequence[Item],
     ) -> bool:
         """True when stored, False when the batch repeats one already stored."""
 
@@ -118,7 +123,8 @@ class RequestMetrics(Protocol):
 class AccessLog(Protocol):
     """Where one line per answered request goes (``node.logs``)."""
 
-    def write(self, fields: dict[str, Any], created: float | None = None) -> None: ...
+    def write(self, lines: Iterable[tuple[dict[str, Any], float]]) -> None:
+        """One line per item: its fields, and its time (Unix)."""
 
 
 class Exchange:
@@ -213,7 +219,10 @@ class IngestionApp:
         if exchange.method == "OPTIONS":  # preflights are answered by the CORS middleware
             send = _watching(send, exchange)
         try:
-            await self._cors(scope, receive, send)
+            if _has_origin(scope["headers"]):
+                await self._cors(scope, receive, send)
+            else:
+                await self._serve(scope, receive, send, _VARY_ORIGIN)
         finally:
             exchange.seconds = time.perf_counter() - started
             exchange.answered_at = time.time()
@@ -225,7 +234,7 @@ class IngestionApp:
         """Count and log the requests answered since the last call: never a header value,
         so never a key. The loop calls it once per iteration that answered requests."""
         answered, self._answered = self._answered, []
-        metrics, access_log = self._metrics, self._access_log
+        metrics = self._metrics
         for exchange in answered:
             metrics.request(exchange.endpoint, exchange.status, exchange.seconds)
             if exchange.reason is not None:
@@ -234,19 +243,8 @@ class IngestionApp:
                 metrics.accepted(exchange.project or "", exchange.events)
             elif exchange.duplicate:
                 metrics.dedup_hit()
-            if access_log is not None:
-                path = exchange.raw_path
-                fields = {
-                    "method": exchange.method,
-                    "path": path if len(path) <= MAX_LOGGED_PATH else path[:MAX_LOGGED_PATH],
-                    "status": exchange.status,
-                    "project": exchange.project,
-                    "events": exchange.events,
-                    "body_bytes": exchange.body_bytes,
-                    "latency_ms": round(exchange.seconds * 1000, 3),
-                    "reason": exchange.reason,
-                }
-                access_log.write(fields, exchange.answered_at)
+        if self._access_log is not None and answered:
+            self._access_log.write(map(_access_line, answered))
 
     def close(self) -> None:
         """Account for what the loop's last iteration answered (at shutdown)."""
@@ -264,6 +262,11 @@ class IngestionApp:
         return asyncio.get_running_loop().run_in_executor(self._store_reads, read)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app behind the CORS middleware, which adds its own headers."""
+        await self._serve(scope, receive, send, ())
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, cors: Headers) -> None:
+        """Route and answer, ``cors`` ending every answer's headers."""
         exchange: Exchange = scope[_EXCHANGE]
         try:
             status, body, headers = await self._route(scope, receive, exchange)
@@ -271,27 +274,29 @@ class IngestionApp:
             exchange.reason = "disconnected"
             return
         except asyncio.CancelledError:  # the graceful-shutdown deadline passed: say so, then go
-            await self._refuse(send, exchange, ShuttingDown())
+            await self._refuse(send, exchange, ShuttingDown(), cors)
             raise
         except IngestionError as error:
-            await self._refuse(send, exchange, error)
+            await self._refuse(send, exchange, error, cors)
             return
         except Exception:  # a bug of ours: say so without leaking internals
             log.exception("unhandled error on %s %s", scope["method"], exchange.path)
             if exchange.endpoint in PUBLISH:
                 exchange.reason = "internal_error"
             exchange.status = 500
-            await _respond(send, 500, b'{"detail":"Internal server error."}', _JSON)
+            await _respond(send, 500, b'{"detail":"Internal server error."}', _JSON, cors)
             return
         exchange.status = status
-        await _respond(send, status, body, headers)
+        await _respond(send, status, body, headers, cors)
 
-    async def _refuse(self, send: Send, exchange: Exchange, error: IngestionError) -> None:
+    async def _refuse(
+        self, send: Send, exchange: Exchange, error: IngestionError, cors: Headers
+    ) -> None:
         if exchange.endpoint in PUBLISH and not isinstance(error, MethodNotAllowed):
             exchange.reason = error.reason
         exchange.status = error.status
         body = _encode({"detail": error.detail})
-        await _respond(send, error.status, body, _JSON, error.headers)
+        await _respond(send, error.status, body, _JSON, (*error.headers, *cors))
 
     async def _route(self, scope: Scope, receive: Receive, exchange: Exchange) -> Reply:
         path = exchange.path
@@ -336,7 +341,9 @@ class IngestionApp:
             return 200, b'{"status":"success","events":0}', _JSON
         events = len(items) * EXPANSION[source]
         self._rate.take(project, events)
-        stored = await self._journal.append(project, source, body, received_at, idempotency_key)
+        stored = await self._journal.append(
+            project, source, body, received_at, idempotency_key, items=items
+        )
         if stored:
             exchange.events = events
             return 200, b'{"status":"success","events":%d}' % events, _JSON
@@ -352,6 +359,21 @@ class IngestionApp:
             return 200, _READY, _JSON
         details = await self._off_loop(self._readiness_details)
         return 200, _encode({"status": "ready", **details}), _JSON
+
+
+def _access_line(exchange: Exchange) -> tuple[dict[str, Any], float]:
+    path = exchange.raw_path
+    fields = {
+        "method": exchange.method,
+        "path": path if len(path) <= MAX_LOGGED_PATH else path[:MAX_LOGGED_PATH],
+        "status": exchange.status,
+        "project": exchange.project,
+        "events": exchange.events,
+        "body_bytes": exchange.body_bytes,
+        "latency_ms": round(exchange.seconds * 1000, 3),
+        "reason": exchange.reason,
+    }
+    return fields, exchange.answered_at
 
 
 _READY = b'{"status":"ready"}'
@@ -388,6 +410,11 @@ def _watching(send: Send, exchange: Exchange) -> Send:
         await send(message)
 
     return watched
+
+
+def _has_origin(headers: Headers) -> bool:
+    """Whether the request names an ``Origin`` (from a browser), as CORS reads it."""
+    return any(name == b"origin" for name, _ in headers)
 
 
 def _single_valued(raw: Headers) -> dict[bytes, bytes]:

@@ -13,9 +13,7 @@ many slow uploads cannot add up to unbounded memory.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import zlib
-from collections.abc import Iterator
 
 from starlette.types import Receive
 
@@ -41,20 +39,24 @@ class BodyBudget:
         self.max_bytes = max_bytes
         self.used = 0
 
-    @contextlib.contextmanager
-    def hold(self) -> Iterator[Hold]:
-        """A reservation that grows as a body arrives and is released when the request ends."""
-        hold = Hold(self)
-        try:
-            yield hold
-        finally:
-            self.used -= hold.size
+    def hold(self) -> Hold:
+        """A reservation that grows as a body arrives and is released when the request ends
+        (the ``with`` block it opens)."""
+        return Hold(self)
 
 
 class Hold:
+    """A context manager of its own, not ``contextlib``'s: once per request, this is cheaper."""
+
     def __init__(self, budget: BodyBudget) -> None:
         self._budget = budget
         self.size = 0
+
+    def __enter__(self) -> Hold:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._budget.used -= self.size
 
     def take(self, size: int) -> None:
         if self._budget.used + size > self._budget.max_bytes:

@@ -53,6 +53,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
+        self._deadline_at: float | None = None  # loop time; None: nothing to wait for
         self._head_bytes = 0
         self._receiving = False
         self._refused = False
@@ -65,7 +66,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._arm_deadline()  # a connection that never sends a request is closed too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_deadline()
+        self._stop_deadline()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -119,16 +120,32 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         return error.__context__ if error is not None else None
 
     def _arm_deadline(self) -> None:
-        self._disarm_deadline()
-        self._deadline = self.loop.call_later(self.limits.request_timeout_s, self._too_slow)
+        """A whole request must arrive within ``request_timeout_s`` from now. One timer
+        per connection, moved only when it fires early: not a new timer and a cancelled
+        one per request (measured: about half of what this layer cost per request)."""
+        self._deadline_at = self.loop.time() + self.limits.request_timeout_s
+        if self._deadline is None:
+            self._deadline = self.loop.call_at(self._deadline_at, self._on_deadline)
 
     def _disarm_deadline(self) -> None:
+        self._deadline_at = None  # the timer finds nothing to do when it fires
+
+    def _stop_deadline(self) -> None:
+        self._disarm_deadline()
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
 
-    def _too_slow(self) -> None:
+    def _on_deadline(self) -> None:
         self._deadline = None
+        if self._deadline_at is None:
+            return
+        if self.loop.time() < self._deadline_at:  # re-armed meanwhile (a later request)
+            self._deadline = self.loop.call_at(self._deadline_at, self._on_deadline)
+            return
+        self._too_slow()
+
+    def _too_slow(self) -> None:
         if self.transport.is_closing():
             return
         answered = self.cycle is not None and self.cycle.response_started
@@ -153,7 +170,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         # Closing now would reset the connection while the client is still sending, and a
         # reset can destroy our answer before the client reads it: half-close, drain, close.
         self._refused = True
-        self._disarm_deadline()
+        self._stop_deadline()
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(LINGER_S, self.transport.close)

@@ -3,13 +3,15 @@
 
 Both are judged per event, so that the 422 names each one over a limit, along with every
 other error of the batch. They are arranged so that an ordinary batch pays almost nothing:
-no event can be larger than the whole body, and properties cannot nest deeper than the
-JSON containers the body holds beyond the batch, its events and their property objects
-(counted in C with ``bytes.count``). Only a batch that could break a limit is walked.
+no event can be larger than the whole body, properties holding no container are flat
+(the garbage collector knows, see ``_may_be_too_deep``), and properties cannot nest
+deeper than the JSON containers the body holds beyond the batch, its events and their
+property objects (counted in C). Only a batch that could break a limit is walked.
 """
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,15 +74,31 @@ class PayloadLimits:
     def _may_be_too_deep(self, body: bytes, items: list[Item]) -> bool:
         """False only if no event's properties can nest deeper than ``max_depth``.
 
-        Every container of a decoded value was written as a literal ``{`` or ``[`` in the
-        body (an escaped ``\\u007b`` is in a string, never a container), so the body holds
-        at least one such byte per container: the batch, each event, each properties
-        object, and the levels below. Bytes inside strings, and in unknown fields, are
-        counted too; that only makes the count larger, so it may walk for nothing but can
-        never skip a deep object."""
-        property_objects = sum(1 for item in items if item.properties is not None)
-        below = body.count(b"{") + body.count(b"[") - 1 - len(items) - property_objects
+        First, almost free: CPython tracks a dict in its garbage collector as soon as a
+        container is put in it (it must see every reference to a list or dict, or it could
+        not find cycles), while a dict of strings, numbers, booleans and None stays
+        untracked: an untracked properties object is flat. Else a bound: every container
+        of a decoded value was written as a literal ``{`` or ``[`` in the body (an escaped
+        ``\\u007b`` is in a string, never a container), so the body holds at least one
+        such byte per container: the batch, each event, each properties object, and the
+        levels below. Bytes inside strings, and in unknown fields, are counted too; that
+        only makes the count larger, so it may walk for nothing but can never skip a deep
+        object."""
+        properties = [item.properties for item in items]
+        if not any(map(gc.is_tracked, properties)):
+            return False
+        property_objects = len(items) - properties.count(None)
+        below = body.count(b"{") + _brackets(body) - 1 - len(items) - property_objects
         return below >= self.max_depth  # levels below the properties object, at most
+
+
+def _brackets(body: bytes) -> int:
+    """``body.count(b"[")``, cheaply for the usual batch whose only ``[`` is its own:
+    ``find`` is memchr (vectorised), several times faster than ``count``'s byte loop."""
+    first = body.find(b"[")
+    if first == -1 or body.find(b"[", first + 1) == -1:
+        return 0 if first == -1 else 1
+    return body.count(b"[")
 
 
 def _properties_of(body: bytes) -> list[Any]:

@@ -3,6 +3,7 @@
 Only the SHA-256 of a key is ever stored. Looking a request's key up means hashing it and
 finding that hash among the active ones, then confirming with ``hmac.compare_digest``:
 the time taken depends on the hash, never on how many characters of a secret matched.
+A header value found once is then found by a dict lookup (``KeyTable``), without hashing.
 ``KeyCache`` reads the node's own store on the request path (a local, indexed read);
 ``PolledKeyCache`` polls a shared registry from a thread, so requests never wait on it.
 """
@@ -15,7 +16,7 @@ import hmac
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Protocol
@@ -59,26 +60,25 @@ class KeyCache:
         self._loader = loader
         self._interval = refresh_interval_s
         self._version: int | None = None
-        self._keys: dict[str, ActiveKey] = {}
+        self._table = KeyTable(())
         self._checked_at = 0.0
 
     async def project_for(self, raw: str | None) -> str:
         """The project a key writes to, or ``Unauthorized`` with the reason."""
-        digest = _digest(raw)
         if time.monotonic() - self._checked_at > self._interval:
             self.refresh()
-        found = self._keys.get(digest)
+        found = self._table.find(raw)
         if found is None:
             self.refresh()
-            found = self._keys.get(digest)
-        return _project(found, digest)
+            found = self._table.find(raw)
+        return _project(found)
 
     def refresh(self) -> None:
         """Reload the keys if the store says they changed since the last load."""
         version, keys = self._loader(self._version)
         self._checked_at = time.monotonic()
         if keys is not None:
-            self._keys = {key.key_hash: key for key in keys}
+            self._table = KeyTable(keys)
             self._version = version
 
     def close(self) -> None:
@@ -122,7 +122,7 @@ class PolledKeyCache:
         self._interval = refresh_interval_s
         self._name = name
         self._version: int | None = None
-        self._keys: dict[str, ActiveKey] = {}
+        self._table = KeyTable(())
         self._reachable = False
         self._looking_since: float | None = None  # a look is under way since then
         self._loaded_at: float | None = None
@@ -148,8 +148,7 @@ class PolledKeyCache:
     async def project_for(self, raw: str | None) -> str:
         """The project a key writes to; ``Unauthorized``, or ``RegistryUnavailable`` for a
         key that only an unreachable registry could confirm."""
-        digest = _digest(raw)
-        found = self._keys.get(digest)
+        found = self._table.find(raw)
         if found is None:
             look = self._next_look
             self._wake.set()
@@ -157,11 +156,11 @@ class PolledKeyCache:
                 await asyncio.wait_for(
                     asyncio.shield(asyncio.wrap_future(look)), UNKNOWN_KEY_WAIT_S
                 )
-            found = self._keys.get(digest)
+            found = self._table.find(raw)
             # No fresh answer (a look that hangs) is no answer: only the registry can tell.
             if found is None and not (look.done() and self.reachable()):
                 raise RegistryUnavailable()
-        return _project(found, digest)
+        return _project(found)
 
     def reachable(self) -> bool:
         """The last look succeeded, and the current one (if any) is not hanging."""
@@ -172,7 +171,7 @@ class PolledKeyCache:
     def status(self) -> RegistryStatus:
         loaded = self._loaded_at
         ago = None if loaded is None else time.monotonic() - loaded
-        return RegistryStatus(self.reachable(), len(self._keys), ago)
+        return RegistryStatus(self.reachable(), len(self._table), ago)
 
     def _poll(self) -> None:
         self._restore()
@@ -195,7 +194,7 @@ class PolledKeyCache:
         if self._snapshot is None:
             return
         try:
-            self._keys = {key.key_hash: key for key in self._snapshot.load()}
+            self._table = KeyTable(self._snapshot.load())
         except Exception as exc:
             log.warning("could not read the registry's keys saved in the store: %s", exc)
 
@@ -207,7 +206,7 @@ class PolledKeyCache:
             self._failed(exc)
             return None
         if keys is not None:
-            self._keys = {key.key_hash: key for key in keys}
+            self._table = KeyTable(keys)
             self._version = version
         self._loaded_at = time.monotonic()
         self._reachable = True
@@ -238,21 +237,50 @@ class PolledKeyCache:
             " with 503; revocations wait for it: %s: %s",
             self._name,
             now - self._failing_since,
-            len(self._keys),
+            len(self._table),
             type(exc).__name__,
             str(exc).strip().splitlines()[0] if str(exc).strip() else "",
         )
 
 
-def _digest(raw: str | None) -> str:
-    """The hash to look a header value up by, or ``Unauthorized`` saying why it is no key."""
-    problem = key_problem(raw)
-    if problem or raw is None:
-        raise Unauthorized(problem)
-    return hash_key(raw.strip())
+class KeyTable:
+    """The active keys by hash, and the header values already found to be one of them.
+
+    Hashing is most of a lookup, and a client sends the same key with every request: a
+    value found once is found again by a dict lookup, which compares strings only when
+    their hashes (Python's, keyed at random per process) match, so its time tells nothing
+    of a secret. Only values written exactly as a key (no spaces around) are remembered:
+    at most one per active key. A table is replaced, never changed, when the keys are
+    reloaded (the caches swap it in one assignment, also from the polling thread): a value
+    remembered from the old keys cannot outlive a revocation."""
+
+    def __init__(self, keys: Iterable[ActiveKey]) -> None:
+        self._by_hash = {key.key_hash: key for key in keys}
+        self._by_value: dict[str, ActiveKey] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_hash)
+
+    def find(self, raw: str | None) -> ActiveKey | None:
+        """The active key ``raw`` is; None if none; ``Unauthorized`` if it is no key at all."""
+        if raw is not None:
+            known = self._by_value.get(raw)
+            if known is not None:
+                return known
+        problem = key_problem(raw)
+        if problem or raw is None:
+            raise Unauthorized(problem)
+        key = raw.strip()
+        digest = hash_key(key)
+        found = self._by_hash.get(digest)
+        if found is None or not hmac.compare_digest(found.key_hash, digest):
+            return None
+        if key == raw:
+            self._by_value[raw] = found
+        return found
 
 
-def _project(found: ActiveKey | None, digest: str) -> str:
-    if found is None or not hmac.compare_digest(found.key_hash, digest):
+def _project(found: ActiveKey | None) -> str:
+    if found is None:
         raise Unauthorized("Invalid or revoked x-api-key.")
     return found.project

@@ -1,9 +1,9 @@
-"""Background work of a node, each in a child process the server supervises.
+"""Background work of a node, in a child process the server supervises.
 
-Materialising rows and forwarding them to engines is Python work that would hold the
-GIL against the request loop; as ``trubrics-ingestion`` subcommands in child processes
-they run on other cores, show up by name in ``ps``, and can be run by hand. A child exits
-when its parent is gone (``--parent-pid``); the server restarts one that dies.
+Forwarding to engines is Python work that would hold the GIL against the request loop;
+as a ``trubrics-ingestion`` subcommand in a child process it runs on another core, shows
+up by name in ``ps``, and can be run by hand. A child exits when its parent is gone
+(``--parent-pid``); the server restarts one that dies.
 """
 
 from __future__ import annotations
@@ -16,16 +16,13 @@ import threading
 from pathlib import Path
 
 from ..config import Settings
-from ..store.materialise import Shard
 
 log = logging.getLogger("trubrics_ingestion.children")
-MATERIALISE = ["events", "materialise", "--follow", "--shard"]
 
 
 # The server's settings and secrets (the init key, the registry's and engines' URLs): a
 # child is given what it needs of them, and no more.
 OURS = "TRUBRICS_"
-LIBPQ = "PG"  # libpq's variables, PGPASSWORD among them: for the one child that connects
 
 
 def child_environment(env: dict[str, str], *, drop: tuple[str, ...] = (OURS,)) -> dict[str, str]:
@@ -71,14 +68,9 @@ class Child:
 
 
 def background_children(settings: Settings) -> list[Child]:
-    """The materialisers, and a forwarder when there are engines to forward to."""
+    """A forwarder when there are engines to forward to."""
     data_dir = settings.data_dir
-    shards = [Shard(index, settings.materialisers) for index in range(settings.materialisers)]
-    quiet = child_environment({}, drop=(OURS, LIBPQ))
-    children = [
-        Child(f"materialiser {shard}", [*MATERIALISE, str(shard)], data_dir, quiet)
-        for shard in shards
-    ]
+    children = []
     if settings.forward_to:
         args = ["--max-backoff-s", str(settings.forward_max_backoff_s)]
         if settings.forward_retention_s is not None:

@@ -2,10 +2,12 @@
 
 One ``Metrics`` object is made by ``server.py`` and handed to the app (requests, events,
 rejections) and to the journal (group commits); tests and the benchmark's floor make
-their own. The hot path only increments children made once (``.labels`` is looked up
-at most once per label set). What lives on disk is read when scraped: the store's size
-from ``stat``, the materialisation backlog and the quarantine from a read-only
-connection, with queries that cost the same whatever the backlog.
+their own. What every request counts (requests, latency, events accepted) is kept as
+plain numbers, turned into metric families when scraped (``RequestCounts``): a counter's
+increment takes a lock, a histogram's observation a loop in Python, and the app counts
+on the event loop's thread only. Rarer counts increment children made once (``.labels``
+is looked up at most once per label set). What lives on disk is read when scraped: the
+store's size from ``stat``, the quarantine from a read-only connection.
 
 Per-project labels on the event counters are off by default (``metrics_per_project``):
 each project would add series to every scrape. The project only ever comes from a
@@ -14,6 +16,8 @@ known key, so even then the label cannot be filled by an anonymous client.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 import os
 import sqlite3
@@ -28,7 +32,13 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
 
 from ..errors import REJECTION_REASONS
 from ..ingest.app import ENDPOINTS
@@ -51,25 +61,8 @@ class Metrics:
         self.per_project = per_project
         registry = self.registry
         project = ("project",) if per_project else ()
-        self._requests = Counter(
-            "trubrics_http_requests",
-            "HTTP requests answered (or cut off: 499), by endpoint and status.",
-            ("endpoint", "status"),
-            registry=registry,
-        )
-        self._latency = Histogram(
-            "trubrics_http_request_duration_seconds",
-            "Time from the request's head to the end of its answer, by endpoint.",
-            ("endpoint",),
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self._accepted = Counter(
-            "trubrics_events_accepted",
-            "Events stored (an LLM event is stored as two); repeats of a stored batch are not.",
-            project,
-            registry=registry,
-        )
+        self._counts = RequestCounts(per_project)
+        registry.register(self._counts)
         self._rejected = Counter(
             "trubrics_batches_rejected",
             "Publish requests refused, nothing of them stored, by reason.",
@@ -120,12 +113,8 @@ class Metrics:
         self._store = StoreCollector(database) if database is not None else None
         if self._store is not None:
             registry.register(self._store)
-        # Children made once: the hot path does a dict lookup and an increment.
-        self._request_children: dict[tuple[str, int], Counter] = {}
-        self._latency_children = {name: self._latency.labels(name) for name in ENDPOINTS}
-        self._accepted_children: dict[str, Counter] = {}
+        # Children made once: the rare paths do a dict lookup and an increment.
         self._rejected_children: dict[tuple[str, str], Counter] = {}
-        self._accepted_all: Counter | None = None if per_project else self._accepted
         if not per_project:
             for reason in REJECTION_REASONS:
                 self._rejected_children[reason, NO_PROJECT] = self._rejected.labels(reason)
@@ -133,21 +122,16 @@ class Metrics:
     # --- the request path (event loop thread) ---------------------------------------------
 
     def request(self, endpoint: str, status: int, seconds: float) -> None:
-        child = self._request_children.get((endpoint, status))
-        if child is None:
-            child = self._requests.labels(endpoint, str(status))
-            self._request_children[endpoint, status] = child
-        child.inc()
-        self._latency_children[endpoint].observe(seconds)
+        counts = self._counts
+        key = (endpoint, status)
+        counts.requests[key] = counts.requests.get(key, 0) + 1
+        counts.latency[endpoint][bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        counts.latency_sums[endpoint] += seconds
 
     def accepted(self, project: str, events: int) -> None:
-        if self._accepted_all is not None:
-            self._accepted_all.inc(events)
-            return
-        child = self._accepted_children.get(project)
-        if child is None:
-            child = self._accepted_children[project] = self._accepted.labels(project)
-        child.inc(events)
+        accepted = self._counts.accepted
+        key = project if self.per_project else NO_PROJECT
+        accepted[key] = accepted.get(key, 0) + events
 
     def rejected(self, reason: str, project: str | None) -> None:
         """``reason``: one of ``errors.REJECTION_REASONS``."""
@@ -190,24 +174,70 @@ class Metrics:
             self._store.close()
 
 
+class RequestCounts:
+    """What every request counts, as plain numbers, written by the event loop's thread
+    only and read by a scrape (another thread): dicts are copied before being read, and
+    an observation is one bucket and one sum, like prometheus_client's own histograms."""
+
+    def __init__(self, per_project: bool) -> None:
+        self.per_project = per_project
+        self.requests: dict[tuple[str, int], int] = {}
+        # Per endpoint, observations by bucket (the last: over every bound), and their sum.
+        self.latency = {name: [0] * (len(LATENCY_BUCKETS) + 1) for name in ENDPOINTS}
+        self.latency_sums = dict.fromkeys(ENDPOINTS, 0.0)
+        self.accepted: dict[str, int] = {} if per_project else {NO_PROJECT: 0}
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        requests, latency, accepted = self._families()
+        for (endpoint, status), count in self.requests.copy().items():
+            requests.add_metric([endpoint, str(status)], count)
+        bounds = [*map(floatToGoString, LATENCY_BUCKETS), "+Inf"]
+        for endpoint, counts in self.latency.items():
+            cumulative = itertools.accumulate(counts)
+            latency.add_metric(
+                [endpoint], list(zip(bounds, cumulative, strict=True)), self.latency_sums[endpoint]
+            )
+        for project, events in self.accepted.copy().items():
+            accepted.add_metric([project] if self.per_project else [], events)
+        return [requests, latency, accepted]
+
+    def _families(self) -> tuple[CounterMetricFamily, HistogramMetricFamily, CounterMetricFamily]:
+        return (
+            CounterMetricFamily(
+                "trubrics_http_requests",
+                "HTTP requests answered (or cut off: 499), by endpoint and status.",
+                labels=("endpoint", "status"),
+            ),
+            HistogramMetricFamily(
+                "trubrics_http_request_duration_seconds",
+                "Time from the request's head to the end of its answer, by endpoint.",
+                labels=("endpoint",),
+            ),
+            CounterMetricFamily(
+                "trubrics_events_accepted",
+                "Events stored (an LLM event is stored as two); repeats of a stored batch are not.",
+                labels=("project",) if self.per_project else (),
+            ),
+        )
+
+
 _STORE_GAUGES = {
     "size": (
         "trubrics_store_size_bytes",
         "Bytes of the SQLite store on disk: the database file and its write-ahead log.",
     ),
-    "backlog": (
-        "trubrics_materialise_backlog_batches",
-        "Journaled (acknowledged) batches not yet turned into event rows.",
-    ),
     "quarantined": (
         "trubrics_quarantined_batches",
-        "Journaled batches that could not become event rows, kept for an operator.",
+        "Stored batches that could not be expanded into events, kept for an operator.",
     ),
 }
 
 
 class StoreCollector:
-    """Gauges read from the store at scrape time: size on disk, backlog, quarantine."""
+    """Gauges read from the store at scrape time: size on disk, quarantine."""
 
     def __init__(self, database: Path) -> None:
         self._database = database
@@ -221,27 +251,19 @@ class StoreCollector:
         size = sum(_size(path) for path in (self._database, _wal(self._database)))
         yield GaugeMetricFamily(*_STORE_GAUGES["size"], value=size)
         try:
-            backlog, quarantined = self._counts()
+            quarantined = self._quarantined()
         except sqlite3.Error as exc:  # absent gauges say "unknown"; the scrape still works
-            log.warning("cannot read the journal for /metrics: %s", exc)
+            log.warning("cannot read the store for /metrics: %s", exc)
             self.close()
             return
-        yield GaugeMetricFamily(*_STORE_GAUGES["backlog"], value=backlog)
         yield GaugeMetricFamily(*_STORE_GAUGES["quarantined"], value=quarantined)
 
-    def _counts(self) -> tuple[int, int]:
-        """Batches leave the journal oldest first, and numbers are never reused, so
-        max - min + 1 is the backlog: two index probes, not a scan. (A batch quarantined by
-        one materialiser while another still inserts older ones leaves early: for a moment
-        the figure counts it.)"""
+    def _quarantined(self) -> int:
         if self._conn is None:
             uri = self._database.resolve().as_uri() + "?mode=ro"
             self._conn = sqlite3.connect(uri, uri=True, timeout=1, check_same_thread=False)
-        (backlog,) = self._conn.execute(
-            "SELECT coalesce(max(batch) - min(batch) + 1, 0) FROM journal"
-        ).fetchone()
         (quarantined,) = self._conn.execute("SELECT count(*) FROM quarantine").fetchone()
-        return int(backlog), int(quarantined)
+        return int(quarantined)
 
     def close(self) -> None:
         if self._conn is not None:

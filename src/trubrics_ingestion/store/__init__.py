@@ -1,3 +1,4 @@
 """Durable on this node: the SQLite file, the journal of acknowledged batches (with dedup),
-their materialisation into event rows (with ids and the LLM expansion), and reading them back.
+which are the node's store of events, expanded (with ids and the LLM expansion) as they are
+read back.
 """

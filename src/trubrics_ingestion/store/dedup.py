@@ -5,12 +5,20 @@ repeat when the same project sent the same body to the same endpoint within the 
 or, for clients that send one, the same ``Idempotency-Key`` (then the body must match
 too, or it is a conflict; and identical bodies under different keys are distinct).
 
+A batch is recognised by a cheap fingerprint (project, endpoint, length and CRC-32 of the
+body; or project and ``Idempotency-Key``), which names the stored batch it matched; the
+verdict then compares the bodies byte for byte, the stored one read back (retries are
+rare, so this read is too). Hashing every body with a cryptographic digest instead cost a
+third of the journal's CPU. Two different bodies with one fingerprint (a CRC collision)
+are both stored: the check can only ever err towards storing.
+
 The journal writer is the only caller, so check-and-remember needs no lock and two
 concurrent copies of a batch cannot both pass. The in-memory map is the authority; each
-remembered digest is also appended to the ``dedup`` table in the batch's own transaction,
-so a restart (even after a crash) still recognises retries of batches acknowledged before.
+remembered fingerprint is also appended to the ``dedup`` table in the batch's own
+transaction, so a restart (even after a crash) still recognises retries of batches
+acknowledged before.
 
-Memory is bounded: at most ``max_entries`` digests (about 280 bytes each), the oldest
+Memory is bounded: at most ``max_entries`` fingerprints (about 200 bytes each), the oldest
 forgotten first, at once. So the window is really the last ``window_s`` seconds or the last
 ``max_entries`` batches, whichever is shorter: one key holder sending thousands of batches
 a second can shorten it, never grow the node's memory. A retry of a forgotten batch is
@@ -22,7 +30,9 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
+import zlib
 from collections import OrderedDict
+from collections.abc import Mapping
 from enum import Enum
 
 PRUNE_ROWS = 10_000
@@ -34,29 +44,24 @@ class Verdict(Enum):
     CONFLICT = "conflict"  # an Idempotency-Key reused with another body
 
 
-def batch_digests(
-    project: str, source: str, body: bytes, idempotency_key: str | None
-) -> tuple[bytes, bytes]:
-    """The batch's identity and its body's digest (they coincide without a key)."""
-    body_digest = _digest(project, source, body)
+def fingerprint(project: str, source: str, body: bytes, idempotency_key: str | None) -> bytes:
+    """What names a batch for retries: its key if it has one, else its body's length and
+    CRC-32 (the small prefix is hashed so that every fingerprint takes 16 bytes)."""
     if idempotency_key is None:
-        return body_digest, body_digest
-    return _digest(project, "idempotency-key", idempotency_key.encode()), body_digest
-
-
-def _digest(project: str, source: str, data: bytes) -> bytes:
-    # hashlib releases the GIL on large inputs: hashing in the writer thread is free for the loop.
-    prefix = f"{project}\0{source}\0".encode()
-    return hashlib.blake2b(prefix + data, digest_size=16).digest()
+        named = f"{project}\0{source}\0{len(body)}\0{zlib.crc32(body)}"
+    else:
+        named = f"{project}\0idempotency-key\0{idempotency_key}"
+    return hashlib.blake2b(named.encode(), digest_size=16).digest()
 
 
 class RecentBatches:
-    """Digests of the batches journaled within the window, oldest first."""
+    """Fingerprints of the batches journaled within the window, oldest first, with the
+    number of the batch each names."""
 
     def __init__(self, *, window_s: float, max_entries: int) -> None:
         self._window_s = window_s
         self._max_entries = max_entries
-        self._seen: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
+        self._seen: OrderedDict[bytes, tuple[int, float]] = OrderedDict()
 
     @property
     def enabled(self) -> bool:
@@ -67,28 +72,43 @@ class RecentBatches:
         ``max_entries`` of it: the table may hold more, from a larger bound)."""
         now = time.time()
         rows = conn.execute(
-            "SELECT digest, body_digest, expires_at FROM (SELECT * FROM dedup"
+            "SELECT digest, batch, expires_at FROM (SELECT * FROM dedup"
             " WHERE expires_at > ? ORDER BY seq DESC LIMIT ?) ORDER BY seq",
             (now, self._max_entries),
         )
-        for digest, body_digest, expires_at in rows:
-            self._seen[digest] = (body_digest, expires_at)
+        for digest, batch, expires_at in rows:
+            self._seen[digest] = (batch, expires_at)
 
-    def check(self, digest: bytes, body_digest: bytes) -> Verdict:
+    def check(
+        self,
+        conn: sqlite3.Connection,
+        digest: bytes,
+        source: str,
+        body: bytes,
+        pending: Mapping[int, tuple[str, bytes]],
+        *,
+        keyed: bool,
+    ) -> Verdict:
+        """Whether the batch repeats the one its fingerprint names, read from ``pending``
+        (this commit's batches, by number) or the store. Another body under the same
+        ``Idempotency-Key`` (``keyed``) is a conflict; without a key, a collision."""
         found = self._seen.get(digest)
         if found is None or found[1] <= time.time():
             return Verdict.NEW
-        return Verdict.REPEAT if found[0] == body_digest else Verdict.CONFLICT
+        earlier = pending.get(found[0]) or _stored(conn, found[0])
+        if earlier == (source, body):
+            return Verdict.REPEAT
+        return Verdict.CONFLICT if keyed and earlier is not None else Verdict.NEW
 
-    def remember(self, conn: sqlite3.Connection, digest: bytes, body_digest: bytes) -> bool:
+    def remember(self, conn: sqlite3.Connection, digest: bytes, batch: int) -> bool:
         """Record a batch being journaled, inside the caller's transaction; True if the
-        oldest digest was forgotten to make room."""
+        oldest fingerprint was forgotten to make room."""
         expires_at = time.time() + self._window_s
         conn.execute(  # first: if it fails, nothing is remembered that is not on disk
-            "INSERT INTO dedup (digest, body_digest, expires_at) VALUES (?, ?, ?)",
-            (digest, body_digest, expires_at),
+            "INSERT INTO dedup (digest, batch, expires_at) VALUES (?, ?, ?)",
+            (digest, batch, expires_at),
         )
-        self._seen[digest] = (body_digest, expires_at)
+        self._seen[digest] = (batch, expires_at)
         self._seen.move_to_end(digest)
         if len(self._seen) <= self._max_entries:
             return False
@@ -117,3 +137,11 @@ class RecentBatches:
             " AND expires_at <= ?",
             (PRUNE_ROWS, now),
         )
+
+
+def _stored(conn: sqlite3.Connection, batch: int) -> tuple[str, bytes] | None:
+    """The endpoint and body of a stored batch (None: pruned or quarantined since)."""
+    row = conn.execute(
+        "SELECT source, body FROM batches JOIN bodies USING (batch) WHERE batch = ?", (batch,)
+    ).fetchone()
+    return None if row is None else (row[0], row[1])

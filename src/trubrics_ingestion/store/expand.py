@@ -1,4 +1,5 @@
-"""Turn validated items into stored event rows, including the LLM expansion.
+"""Turn validated items into events, including the LLM expansion; and the span of their
+timestamps that a batch's narrow row keeps (``batches.py``).
 
 The LLM rules match what the ``trubrics`` Python SDK did client-side before 1.8: each
 LLM event becomes a prompt event and a generation event. We additionally link the two
@@ -8,13 +9,16 @@ top-level ``thread_id`` that SDK 1.8 sends.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from functools import partial
+from itertools import repeat
+from typing import Any, NamedTuple, cast
 
 import msgspec
 
-from ..clock import to_micros
-from ..schema import Event, Item, LLMEvent
+from ..clock import EPOCH, MICROSECOND, to_micros
+from ..schema import TIME_RANGE_MSG, Event, EventFields, Item, LLMEvent, Source
 
 PROMPT_EVENT = "Prompt"
 GENERATION_EVENT = "Generation"
@@ -23,7 +27,7 @@ _encode = msgspec.json.Encoder().encode
 
 
 class EventRow(NamedTuple):
-    """One stored event, in the column order of the ``events`` table."""
+    """One event as readers and forwarders see it (and as the engines' tables hold it)."""
 
     id: str
     project: str
@@ -36,6 +40,50 @@ class EventRow(NamedTuple):
     source: str  # "event" or "llm"
 
 
+_new_row = partial(tuple.__new__, EventRow)  # EventRow(*fields) without its Python __new__
+_NAIVE_EPOCH = EPOCH.replace(tzinfo=None)
+_NO_PROPERTIES: dict[str, Any] = {}  # shared, only ever read
+# What schema.storable allows: every event within years 1 to 9999 once in UTC.
+_FIRST_US = to_micros(datetime(1, 1, 1, tzinfo=UTC))
+_LAST_US = to_micros(datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC))
+
+
+class Span(NamedTuple):
+    """What the narrow row says about a batch's events, computed once when it is journaled."""
+
+    events: int
+    first_at: int  # at most the earliest event timestamp (microseconds since the epoch)
+    last_at: int  # at least the latest one
+
+
+def span(items: Sequence[Item], source: Source, received_at: int) -> Span:
+    """The batch's event count and time bounds, for counting and time-range reads.
+
+    Bounds, not exact values, keep this cheap (a ``min``/``max`` in C over the decoded
+    datetimes): an LLM event's prompt lies ``latency`` before its generation, so the lower
+    bound takes the largest latency off the earliest generation. Readers filter each event
+    by its own timestamp; the bounds only choose the batches worth opening."""
+    if source == "event":
+        events = cast(Sequence[Event], items)
+        first, last = _extremes([item.timestamp for item in events])
+        return Span(len(items), first, last)
+    llm = cast(Sequence[LLMEvent], items)
+    moments = [item.timestamp for item in llm if item.timestamp is not None]
+    first, last = _extremes(moments) if moments else (received_at, received_at)
+    if len(moments) < len(llm):  # a generation without a timestamp is at receive time
+        first, last = min(first, received_at), max(last, received_at)
+    latency = max((item.latency or 0.0 for item in llm), default=0.0)
+    return Span(2 * len(items), first - round(latency * 1_000_000), last)
+
+
+def _extremes(moments: list[datetime]) -> tuple[int, int]:
+    try:
+        return to_micros(min(moments)), to_micros(max(moments))
+    except TypeError:  # naive and aware datetimes together do not compare: convert each
+        micros = [to_micros(moment) for moment in moments]
+        return min(micros), max(micros)
+
+
 def expand(
     items: Iterable[Item], *, project: str, received_at: int, new_id: Callable[[], str]
 ) -> Iterator[EventRow]:
@@ -45,6 +93,47 @@ def expand(
             yield _event_row(item, project, received_at, new_id())
         else:
             yield from _llm_rows(item, project, received_at, new_id(), new_id())
+
+
+def expand_events(
+    items: Sequence[EventFields], *, project: str, received_at: int, ids: Sequence[str]
+) -> list[EventRow]:
+    """The rows ``expand`` makes of a batch of plain events (``ids`` handed out in order),
+    column by column: readers and forwarders expand every stored batch, and a few
+    function calls per event cost as much as decoding and encoding it. Checks the time
+    range ``Event`` checks on decoding (``EventFields`` does not)."""
+    properties = [item.properties or _NO_PROPERTIES for item in items]
+    at = _micros([item.timestamp for item in items])
+    if at and (min(at) < _FIRST_US or max(at) > _LAST_US):
+        raise ValueError(TIME_RANGE_MSG)
+    threads = [
+        value
+        if (value := document.get(THREAD_KEY)) is None or type(value) is str
+        else _thread_text(value)
+        for document in properties
+    ]
+    columns = (
+        ids,
+        repeat(project),
+        [item.user_id for item in items],
+        [item.event for item in items],
+        at,
+        threads,
+        map(bytes.decode, map(_encode, properties)),
+        repeat(received_at),
+        repeat("event"),
+    )
+    return list(map(_new_row, zip(*columns, strict=False)))
+
+
+def _micros(moments: list[datetime]) -> list[int]:
+    """``to_micros`` of each moment, without a call each: a batch is all aware or all
+    naive (one client wrote it), tried as its first moment is."""
+    epoch = EPOCH if moments and moments[0].tzinfo is not None else _NAIVE_EPOCH
+    try:
+        return [(moment - epoch) // MICROSECOND for moment in moments]
+    except TypeError:  # naive and aware together
+        return list(map(to_micros, moments))
 
 
 def _event_row(item: Event, project: str, received_at: int, event_id: str) -> EventRow:
@@ -106,8 +195,12 @@ def _row(
 
 
 def _thread_id(properties: dict[str, Any]) -> str | None:
-    """The conversation id from ``$thread_id``: strings and numbers count, anything else not."""
-    value = properties.get(THREAD_KEY)
+    """The conversation id from ``$thread_id``."""
+    return _thread_text(properties.get(THREAD_KEY))
+
+
+def _thread_text(value: Any) -> str | None:
+    """Strings and numbers are conversation ids, anything else not."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         return None
     return str(value)

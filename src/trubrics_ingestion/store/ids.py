@@ -4,7 +4,7 @@ An id is built from the batch's receive time, the node's id, the journal batch n
 and the event's position in the batch. Ids therefore sort by time (B-tree inserts stay
 at the right edge, unlike random uuid4 keys), never collide within a node, differ
 between nodes through the node id, and come out the same if a batch is ever
-materialised again, which keeps downstream writes idempotent.
+expanded again, which keeps downstream writes idempotent.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ BATCH_BITS = 42
 INDEX_BITS = 8  # 256 ids per batch: 100 LLM events expand to 200 events
 _VERSION_7 = 0x7 << 76
 _VARIANT = 0b10 << 62
-_HEAD = len("01234567-0123-0123-0123-")  # the text before the last group of 12 hex digits
-_LOW = (1 << 48) - 1  # the last group's bits
+# The index's hex digits in the text: the last group (12 digits) ends with the node's.
+_INDEX_AT = len("01234567-0123-0123-0123-") + 12 - (NODE_BITS + INDEX_BITS) // 4
+_INDEXES = [f"{index:0{INDEX_BITS // 4}x}" for index in range(1 << INDEX_BITS)]
 
 
 def new_node_id() -> int:
@@ -32,11 +33,19 @@ def event_id(received_at_ms: int, batch: int, index: int, node: int) -> str:
 
 
 def id_factory(received_at_ms: int, batch: int, node: int) -> Callable[[], str]:
-    """A callable handing out the ids of one batch in order (cheaply: one base, then ORs)."""
-    base = _uuid7(received_at_ms, batch, node)
-    head, low = _format(base)[:_HEAD], base & _LOW  # the index lies within the last group
-    indexes = iter(range(1 << INDEX_BITS))
-    return lambda: f"{head}{low | next(indexes) << NODE_BITS:012x}"
+    """A callable handing out the ids of one batch in order."""
+    return iter(batch_ids(received_at_ms, batch, node)).__next__
+
+
+def batch_ids(
+    received_at_ms: int, batch: int, node: int, count: int = 1 << INDEX_BITS
+) -> list[str]:
+    """The first ``count`` ids of one batch, in order. Cheaply: the index is a fixed pair
+    of hex digits of the text, so each id is the index-0 text with those two replaced
+    (formatting a 128-bit integer per id would cost more than expanding its event)."""
+    text = _format(_uuid7(received_at_ms, batch, node))
+    before, after = text[:_INDEX_AT], text[_INDEX_AT + len(_INDEXES[0]) :]
+    return [before + index + after for index in _INDEXES[:count]]
 
 
 def _uuid7(received_at_ms: int, batch: int, node: int) -> int:

@@ -3,8 +3,9 @@
 Request handlers ``await journal.append(...)``; the writer thread takes everything queued
 at that moment, inserts each batch as one row, commits once (an fsync with
 ``synchronous=FULL``) and only then resolves the handlers' futures. Concurrent requests
-thus share a commit, and throughput is not capped by the disk's fsync rate. Turning
-batches into per-event rows happens elsewhere, later (``materialise.py``).
+thus share a commit, and throughput is not capped by the disk's fsync rate. A batch is
+stored as it came, beside a narrow row saying what it holds (``batches.py``): it becomes
+events only when it is read.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ import shutil
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 from ..config import DEFAULTS
 from ..errors import IdempotencyConflict, StorageUnavailable
-from .dedup import RecentBatches, Verdict, batch_digests
+from ..schema import Item, Source
+from .dedup import RecentBatches, Verdict, fingerprint
+from .expand import span
 from .sqlite import connect, transaction
 
 log = logging.getLogger("trubrics_ingestion.journal")
@@ -37,6 +41,7 @@ class Entry:
     source: str
     received_at: int
     body: bytes
+    items: Sequence[Item]
     idempotency_key: str | None
     future: asyncio.Future[bool]
     loop: asyncio.AbstractEventLoop
@@ -46,7 +51,11 @@ _STOP = object()
 PRUNE_EVERY_S = 1.0
 PROBE_EVERY_S = 1.0  # while commits fail and nothing is queued: how often to try a write
 PROBE_MARGIN_BYTES = 1 << 20  # free space wanted beyond what the failed commit needed
-LOCK_POLL_S = 0.0002  # while a materialiser writes: ask for the lock this often
+LOCK_POLL_S = 0.0002  # while a forwarder writes its cursor: ask for the lock this often
+_INSERT = (
+    "INSERT INTO batches (batch, project, source, received_at, events, first_at, last_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 class CommitMetrics(Protocol):
@@ -110,8 +119,11 @@ class Journal:
         body: bytes,
         received_at: int,
         idempotency_key: str | None = None,
+        *,
+        items: Sequence[Item],
     ) -> bool:
         """True once the batch is durably committed, False if it repeats one that was.
+        ``items`` are what ``body`` decoded to (the narrow row's counts and times).
 
         Raises ``StorageUnavailable`` if it could not be stored, ``IdempotencyConflict``
         if its ``Idempotency-Key`` was used for another body.
@@ -120,7 +132,8 @@ class Journal:
             raise StorageUnavailable("The server is shutting down; nothing was stored.")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
-        self._queue.put(Entry(project, source, received_at, body, idempotency_key, future, loop))
+        entry = Entry(project, source, received_at, body, items, idempotency_key, future, loop)
+        self._queue.put(entry)
         return await future
 
     def ready(self) -> bool:
@@ -155,11 +168,13 @@ class Journal:
 
     def _fail_queued(self) -> None:
         """Answer anyone still waiting with a 503: a writer that stopped must not leave hangs."""
+        refused: list[tuple[Entry, Verdict | Exception]] = []
         with contextlib.suppress(queue.Empty):
             while True:
                 item = self._queue.get_nowait()
                 if isinstance(item, Entry):
-                    _resolve(item, StorageUnavailable())
+                    refused.append((item, StorageUnavailable()))
+        _resolve(refused)
 
     def _take(self) -> tuple[list[Entry], bool]:
         """Everything queued right now, waiting for the first; and whether to stop after it."""
@@ -182,17 +197,8 @@ class Journal:
         started = time.perf_counter()
         try:
             with transaction(conn, poll_s=LOCK_POLL_S):
-                verdicts = [self._admit(conn, entry, remembered) for entry in entries]
-                conn.executemany(
-                    "INSERT INTO journal (project, source, received_at, body) VALUES (?, ?, ?, ?)",
-                    [
-                        (e.project, e.source, e.received_at, e.body)
-                        for e, verdict in zip(entries, verdicts, strict=True)
-                        if verdict is Verdict.NEW
-                    ],
-                )
+                outcomes = list(self._store_new(conn, entries, remembered))
                 self._prune_now_and_then(conn)
-            outcomes = list(verdicts)
         except sqlite3.Error as exc:
             log.error("journal commit of %d batches failed: %s", len(entries), exc)
             self._metrics.commit_failed()
@@ -204,8 +210,24 @@ class Journal:
         else:
             self._metrics.commit(len(entries), time.perf_counter() - started)
             self._recovered()
-        for entry, outcome in zip(entries, outcomes, strict=True):
-            _resolve(entry, outcome)
+        _resolve(list(zip(entries, outcomes, strict=True)))
+
+    def _store_new(
+        self, conn: sqlite3.Connection, entries: list[Entry], remembered: list[bytes]
+    ) -> list[Verdict]:
+        """Insert the entries that repeat no stored batch (nor one before them in this
+        commit); the verdict of each."""
+        first = _next_batch(conn)
+        pending: dict[int, tuple[str, bytes]] = {}  # this commit's new batches, by number
+        verdicts = []
+        for entry in entries:
+            number = first + len(pending)
+            verdict = self._admit(conn, entry, number, pending, remembered)
+            if verdict is Verdict.NEW:
+                pending[number] = (entry.source, entry.body)
+            verdicts.append(verdict)
+        insert(conn, [e for e, v in zip(entries, verdicts, strict=True) if v is Verdict.NEW], first)
+        return verdicts
 
     def _probe(self, conn: sqlite3.Connection) -> None:
         """Enough free space for what failed, and a write that changes nothing but still
@@ -226,16 +248,24 @@ class Journal:
             self._failing = False
             log.warning("journal commits succeed again")
 
-    def _admit(self, conn: sqlite3.Connection, entry: Entry, remembered: list[bytes]) -> Verdict:
-        """Is this batch new, or a retry of one already journaled (or earlier in this group)?"""
+    def _admit(
+        self,
+        conn: sqlite3.Connection,
+        entry: Entry,
+        number: int,
+        pending: dict[int, tuple[str, bytes]],
+        remembered: list[bytes],
+    ) -> Verdict:
+        """Is this batch new (to be stored as ``number``), or a retry of one already
+        journaled (or earlier in this commit)?"""
         if not self._recent.enabled:
             return Verdict.NEW
-        digest, body_digest = batch_digests(
-            entry.project, entry.source, entry.body, entry.idempotency_key
-        )
-        verdict = self._recent.check(digest, body_digest)
+        key = entry.idempotency_key
+        digest = fingerprint(entry.project, entry.source, entry.body, key)
+        keyed = key is not None
+        verdict = self._recent.check(conn, digest, entry.source, entry.body, pending, keyed=keyed)
         if verdict is Verdict.NEW:
-            if self._recent.remember(conn, digest, body_digest):
+            if self._recent.remember(conn, digest, number):
                 self._metrics.dedup_evicted()
             remembered.append(digest)
         return verdict
@@ -247,18 +277,69 @@ class Journal:
             self._pruned_at = now
 
 
-def _resolve(entry: Entry, outcome: Verdict | Exception) -> None:
-    """Hand the outcome to the request's event loop, which may have gone away meanwhile."""
+class NewBatch(Protocol):
+    """A validated batch to store: what ``insert`` needs of an ``Entry``."""
 
-    def settle() -> None:
+    @property
+    def project(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def received_at(self) -> int: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def items(self) -> Sequence[Item]: ...
+
+
+def _next_batch(conn: sqlite3.Connection) -> int:
+    (last,) = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'batches'").fetchone()
+    return int(last) + 1
+
+
+def insert(conn: sqlite3.Connection, entries: Sequence[NewBatch], first: int | None = None) -> None:
+    """Store the entries as the next batches (numbered from ``first``, by default the next
+    number), in the caller's transaction. They are numbered here, not by SQLite, so that
+    bodies and dedup entries can use the numbers: the journal is the only writer."""
+    first = _next_batch(conn) if first is None else first
+    numbers = range(first, first + len(entries))
+    conn.executemany(
+        _INSERT,
+        [
+            (
+                n,
+                e.project,
+                e.source,
+                e.received_at,
+                *span(e.items, cast(Source, e.source), e.received_at),
+            )
+            for n, e in zip(numbers, entries, strict=True)
+        ],
+    )
+    conn.executemany(
+        "INSERT INTO bodies (batch, body) VALUES (?, ?)",
+        [(n, e.body) for n, e in zip(numbers, entries, strict=True)],
+    )
+
+
+def _resolve(outcomes: list[tuple[Entry, Verdict | Exception]]) -> None:
+    """Hand the outcomes to the requests' event loops (which may have gone away meanwhile),
+    one wake-up per loop: waking a loop is a system call, and a commit holds dozens."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Entry, Verdict | Exception]]] = {}
+    for entry, outcome in outcomes:
+        by_loop.setdefault(entry.loop, []).append((entry, outcome))
+    for loop, settled in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            loop.call_soon_threadsafe(_settle, settled)
+
+
+def _settle(outcomes: list[tuple[Entry, Verdict | Exception]]) -> None:
+    for entry, outcome in outcomes:
         if entry.future.done():
-            return
+            continue
         if isinstance(outcome, Exception):
             entry.future.set_exception(outcome)
         elif outcome is Verdict.CONFLICT:
             entry.future.set_exception(IdempotencyConflict())
         else:
             entry.future.set_result(outcome is Verdict.NEW)
-
-    with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-        entry.loop.call_soon_threadsafe(settle)

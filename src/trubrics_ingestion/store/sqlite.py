@@ -1,7 +1,7 @@
 """The SQLite file: how it is opened, and its versioned schema.
 
-One file under the data dir holds projects, keys, the journal of acknowledged batches and
-the per-event rows materialised from it. WAL mode lets readers (the CLI, the key cache)
+One file under the data dir holds projects, keys, and the acknowledged batches, which are
+the node's store of events (``batches.py``). WAL mode lets readers (the CLI, the key cache)
 run while the server writes; ``synchronous=FULL`` makes every commit durable before the
 server acknowledges a batch.
 """
@@ -14,15 +14,18 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .ids import new_node_id
+from .upgrade import upgrade_to_batches
 
 log = logging.getLogger("trubrics_ingestion.store")
 
-# Each entry upgrades the schema by one version; PRAGMA user_version counts them.
-MIGRATIONS = (
+# Each entry upgrades the schema by one version: SQL, and maybe then a function for what
+# SQL alone cannot do; PRAGMA user_version counts them.
+Migration = str | tuple[str, Callable[[sqlite3.Connection], None]]
+MIGRATIONS: tuple[Migration, ...] = (
     """
     CREATE TABLE meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
     CREATE TABLE projects (name TEXT PRIMARY KEY, created_at INTEGER NOT NULL);
@@ -99,6 +102,34 @@ MIGRATIONS = (
     DROP INDEX IF EXISTS events_by_thread;
     DROP INDEX IF EXISTS events_by_time;
     """,
+    (
+        """
+    -- The journal becomes the store (batches.py): a narrow row per batch, read to count and
+    -- to pick a time range, and the body beside it, read only to expand the batch.
+    -- AUTOINCREMENT: batch numbers are part of event ids and forward cursors.
+    CREATE TABLE batches (
+        batch INTEGER PRIMARY KEY AUTOINCREMENT,
+        project TEXT NOT NULL,
+        source TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        events INTEGER NOT NULL,
+        first_at INTEGER NOT NULL,
+        last_at INTEGER NOT NULL
+    );
+    CREATE TABLE bodies (batch INTEGER PRIMARY KEY, body BLOB NOT NULL);
+    CREATE INDEX batches_by_time ON batches (last_at);
+    -- Retries are recognised by a fingerprint naming the stored batch (dedup.py), no
+    -- longer by a digest of the body: the digests of v5 cannot be carried over.
+    DROP TABLE dedup;
+    CREATE TABLE dedup (
+        seq INTEGER PRIMARY KEY,
+        digest BLOB NOT NULL,
+        batch INTEGER NOT NULL,
+        expires_at REAL NOT NULL
+    );
+        """,
+        upgrade_to_batches,  # then events and journal -> batches and bodies (upgrade.py)
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 BUSY_TIMEOUT_S = 10.0  # how long a writer waits for another's lock before giving up
@@ -134,7 +165,7 @@ def transaction(conn: sqlite3.Connection, *, poll_s: float | None = None) -> Ite
 
     While another connection writes, SQLite's busy handler waits for the lock in ever
     longer sleeps (up to 100 ms a try): fine for background work, not for the journal,
-    which acknowledges requests and would lose every race with the materialisers. With
+    which acknowledges requests and would lose every race with the forwarder's writes. With
     ``poll_s`` the lock is asked for again every ``poll_s`` instead (for at most
     ``BUSY_TIMEOUT_S``); this needs a connection whose own busy timeout is 0."""
     if poll_s is None:
@@ -171,10 +202,13 @@ def migrate(conn: sqlite3.Connection) -> None:
             raise SchemaTooNew(
                 f"store schema v{version} is newer than this release's v{SCHEMA_VERSION}"
             )
-        for script in MIGRATIONS[version:]:
+        for step in MIGRATIONS[version:]:
+            script, then = step if isinstance(step, tuple) else (step, None)
             for statement in script.split(";"):  # so: no semicolons inside the SQL comments
                 if statement.strip():
                     conn.execute(statement)
+            if then is not None:
+                then(conn)
         if version == 0:
             conn.execute("INSERT INTO meta VALUES ('node_id', ?)", (new_node_id(),))
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")

@@ -1,0 +1,185 @@
+"""The node's store of events: journaled batches, expanded into events as they are read.
+
+An acknowledged batch is kept as it arrived (its validated request body) in ``bodies``, and
+described by one narrow row in ``batches``: project, source, receive time, how many events
+it expands to and the span of their timestamps. Nothing turns batches into per-event rows
+on the way in (that cost several times the request itself); readers and forwarders expand
+the batches they read (``expand.py``), and event ids are derived from the batch number, so
+every reading gives every event the same id.
+
+The narrow table is what makes reading cheap: counting sums ``events`` over it (a few MB
+for tens of millions of events) and a time range picks its batches through the index on
+``last_at`` without touching the others' bodies.
+
+A batch that cannot be expanded (a bug, or a hand edit) is set aside in ``quarantine``
+with its error by whoever meets it first while forwarding, so it never blocks the batches
+after it; readers skip it and say so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator, Sequence
+from typing import Annotated, NamedTuple, cast
+
+import msgspec
+from msgspec import Meta
+
+from ..clock import now_us
+from ..schema import MAX_BATCH_ITEMS, EventFields, Source, decode_batch
+from .expand import EventRow, expand, expand_events
+from .ids import batch_ids, id_factory
+from .sqlite import meta, transaction
+from .upgrade import LEGACY_ROWS
+
+_BY_TIME = "batches_by_time"  # the index on last_at
+
+
+class Stored(NamedTuple):
+    """One journaled batch as it is read back."""
+
+    batch: int
+    project: str
+    source: str
+    received_at: int
+    body: bytes
+
+
+# A stored batch of plain events, validated when it was acknowledged (``expand_events``
+# checks the time range that ``Event`` checks per event, for the whole batch at once).
+_stored_events = msgspec.json.Decoder(
+    Annotated[list[EventFields], Meta(max_length=MAX_BATCH_ITEMS)]
+)
+
+
+class Unexpandable(Exception):
+    """A stored batch that cannot be turned into events."""
+
+
+def events_of(stored: Stored, node: int) -> list[EventRow]:
+    """The batch's events, in the order the client sent them, with their derived ids."""
+    try:
+        if stored.source == LEGACY_ROWS:
+            return _legacy_rows(stored)
+        if stored.source == "event":
+            with contextlib.suppress(ValueError):  # msgspec's errors included
+                return _plain_events(stored, node)
+        return _events(stored, node)  # an error is named as the request's decoder names it
+    except Exception as exc:
+        raise Unexpandable(f"batch {stored.batch}: {type(exc).__name__}: {exc}") from exc
+
+
+def _plain_events(stored: Stored, node: int) -> list[EventRow]:
+    """The fast way, for the common batch: plain events that read back as they were
+    acknowledged (``expand_events``)."""
+    events = _stored_events.decode(stored.body)
+    ids = batch_ids(stored.received_at // 1000, stored.batch, node, len(events))
+    return expand_events(events, project=stored.project, received_at=stored.received_at, ids=ids)
+
+
+def _events(stored: Stored, node: int) -> list[EventRow]:
+    """The way of every batch: decoded as a request is, then expanded event by event."""
+    items = decode_batch(stored.body, cast(Source, stored.source))
+    new_id = id_factory(stored.received_at // 1000, stored.batch, node)
+    return list(
+        expand(items, project=stored.project, received_at=stored.received_at, new_id=new_id)
+    )
+
+
+_LegacyRow = tuple[str, str, str, int, str | None, str, str]
+_legacy = msgspec.json.Decoder(list[_LegacyRow])
+
+
+def _legacy_rows(stored: Stored) -> list[EventRow]:
+    """Rows a release before v6 materialised, as the upgrade moved them (``upgrade.py``):
+    ``[id, user_id, event, timestamp, thread_id, properties, source]`` each."""
+    return [
+        EventRow(
+            id_, stored.project, user, event, at, thread, properties, stored.received_at, source
+        )
+        for id_, user, event, at, thread, properties, source in _legacy.decode(stored.body)
+    ]
+
+
+def node_id(conn: sqlite3.Connection) -> int:
+    return meta(conn, "node_id")
+
+
+def total(conn: sqlite3.Connection, project: str | None = None) -> int:
+    """Events stored (for one project): a sum over the narrow table, no body is read."""
+    where, args = ("", ()) if project is None else (" WHERE project = ?", (project,))
+    (events,) = conn.execute(
+        f"SELECT coalesce(sum(events), 0) FROM batches{where}", args
+    ).fetchone()
+    return int(events)
+
+
+def newest(conn: sqlite3.Connection) -> int:
+    """The newest batch number (0: none yet)."""
+    return int(conn.execute("SELECT coalesce(max(batch), 0) FROM batches").fetchone()[0])
+
+
+def after(conn: sqlite3.Connection, batch: int, limit: int) -> list[tuple[int, int]]:
+    """``(batch, events)`` of up to ``limit`` batches after ``batch``, oldest first."""
+    rows: list[tuple[int, int]] = conn.execute(
+        "SELECT batch, events FROM batches WHERE batch > ? ORDER BY batch LIMIT ?", (batch, limit)
+    ).fetchall()
+    return rows
+
+
+def matching(
+    conn: sqlite3.Connection,
+    *,
+    project: str | None = None,
+    since: int | None = None,
+    until: int | None = None,
+    after: int = 0,
+) -> Iterator[int]:
+    """Numbers of the batches after ``after`` that may hold events of ``project`` timed in
+    ``[since, until)``, oldest first. With ``since``, only the index's range is visited."""
+    clauses, args = ["batch > ?"], list[object]([after])
+    for clause, value in (
+        ("project = ?", project),
+        ("last_at >= ?", since),
+        ("first_at < ?", until),
+    ):
+        if value is not None:
+            clauses.append(clause)
+            args.append(value)
+    where = " AND ".join(clauses)
+    if since is None:
+        found = conn.execute(f"SELECT batch FROM batches WHERE {where} ORDER BY batch", args)
+        yield from (batch for (batch,) in found)
+        return
+    found = conn.execute(f"SELECT batch FROM batches INDEXED BY {_BY_TIME} WHERE {where}", args)
+    yield from sorted(batch for (batch,) in found)
+
+
+def read(conn: sqlite3.Connection, batch: int) -> Stored | None:
+    """One stored batch, body included (None: pruned or quarantined meanwhile)."""
+    row = conn.execute(
+        "SELECT b.batch, project, source, received_at, body FROM batches AS b"
+        " JOIN bodies USING (batch) WHERE b.batch = ?",
+        (batch,),
+    ).fetchone()
+    return None if row is None else Stored(*row)
+
+
+def quarantine(conn: sqlite3.Connection, batch: int, error: str) -> None:
+    """Set the batch aside with its error, so the batches after it go on."""
+    with transaction(conn):
+        conn.execute(
+            "INSERT OR IGNORE INTO quarantine (batch, project, source, received_at, body, error,"
+            " quarantined_at) SELECT b.batch, project, source, received_at, body, ?, ?"
+            " FROM batches AS b JOIN bodies USING (batch) WHERE b.batch = ?",
+            (error, now_us(), batch),
+        )
+        delete(conn, [batch])
+
+
+def delete(conn: sqlite3.Connection, batches: Sequence[int]) -> None:
+    """Remove batches (pruning, quarantine); in the caller's transaction."""
+    numbers = [(batch,) for batch in batches]
+    conn.executemany("DELETE FROM batches WHERE batch = ?", numbers)
+    conn.executemany("DELETE FROM bodies WHERE batch = ?", numbers)
