@@ -16,7 +16,7 @@ from ..clock import now_us
 from ..store import batches
 from ..store.sqlite import transaction
 
-PRUNE_CHUNK = 200  # batches per delete transaction (about 20,000 events): a brief lock
+PRUNE_CHUNK = 50  # batches per delete transaction (about 5,000 events, as before): a brief lock
 
 
 def cursor(conn: sqlite3.Connection, sink: str) -> int:
