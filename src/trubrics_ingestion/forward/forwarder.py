@@ -266,11 +266,8 @@ class SinkWorker:
     def _events_of(self, number: int) -> list[Row]:
         """A stored batch's events (none if it was quarantined, here or by another
         engine's worker)."""
-        stored = batches.read(self._reader, number)
-        if stored is None:  # quarantined by another engine's worker meanwhile
-            return []
         try:
-            return batches.events_of(stored, self._node)
+            return batches.events_at(self._reader, number, self._node) or []
         except batches.Unexpandable as exc:
             log.error("%s; quarantined", exc)
             batches.quarantine(self._conn, number, str(exc))

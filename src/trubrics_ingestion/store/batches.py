@@ -138,7 +138,8 @@ def matching(
 ) -> Iterator[int]:
     """Numbers of the batches after ``after`` that may hold events of ``project`` timed in
     ``[since, until)``, oldest first. With ``since``, only the index's range is visited."""
-    clauses, args = ["batch > ?"], list[object]([after])
+    clauses = ["batch > ?"]
+    args: list[object] = [after]
     for clause, value in (
         ("project = ?", project),
         ("last_at >= ?", since),
@@ -164,6 +165,13 @@ def read(conn: sqlite3.Connection, batch: int) -> Stored | None:
         (batch,),
     ).fetchone()
     return None if row is None else Stored(*row)
+
+
+def events_at(conn: sqlite3.Connection, batch: int, node: int) -> list[EventRow] | None:
+    """The events of stored batch ``batch`` (None: pruned or quarantined meanwhile);
+    ``Unexpandable`` if it cannot be turned into events."""
+    stored = read(conn, batch)
+    return None if stored is None else events_of(stored, node)
 
 
 def quarantine(conn: sqlite3.Connection, batch: int, error: str) -> None:

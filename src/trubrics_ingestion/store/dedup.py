@@ -35,6 +35,8 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from enum import Enum
 
+from .batches import read
+
 PRUNE_ROWS = 10_000
 
 
@@ -141,7 +143,5 @@ class RecentBatches:
 
 def _stored(conn: sqlite3.Connection, batch: int) -> tuple[str, bytes] | None:
     """The endpoint and body of a stored batch (None: pruned or quarantined since)."""
-    row = conn.execute(
-        "SELECT source, body FROM batches JOIN bodies USING (batch) WHERE batch = ?", (batch,)
-    ).fetchone()
-    return None if row is None else (row[0], row[1])
+    stored = read(conn, batch)
+    return None if stored is None else (stored.source, stored.body)

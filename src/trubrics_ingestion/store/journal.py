@@ -193,11 +193,11 @@ class Journal:
     def _commit(self, conn: sqlite3.Connection, entries: list[Entry]) -> None:
         """Journal the new entries in one durable transaction; tell every waiter the outcome."""
         remembered: list[bytes] = []
-        outcomes: list[Verdict | Exception]
+        outcomes: Sequence[Verdict | Exception]
         started = time.perf_counter()
         try:
             with transaction(conn, poll_s=LOCK_POLL_S):
-                outcomes = list(self._store_new(conn, entries, remembered))
+                outcomes = self._store_new(conn, entries, remembered)
                 self._prune_now_and_then(conn)
         except sqlite3.Error as exc:
             log.error("journal commit of %d batches failed: %s", len(entries), exc)

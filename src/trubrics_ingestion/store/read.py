@@ -94,9 +94,7 @@ def rows(conn: sqlite3.Connection, *, after: int = 0) -> Iterator[EventRow]:
     an unexpandable batch raises ``batches.Unexpandable``)."""
     node = batches.node_id(conn)
     for number in list(batches.matching(conn, after=after)):
-        stored = batches.read(conn, number)
-        if stored is not None:
-            yield from batches.events_of(stored, node)
+        yield from batches.events_at(conn, number, node) or ()
 
 
 def tail(
@@ -129,11 +127,10 @@ def _records(
     without any left out)."""
     node = batches.node_id(conn)
     for number in numbers:
-        stored = batches.read(conn, number)
-        if stored is None:  # pruned meanwhile
-            continue
         try:
-            events = batches.events_of(stored, node)
+            events = batches.events_at(conn, number, node)
+            if events is None:  # pruned meanwhile
+                continue
             records = [
                 _record(event, times)
                 for event in events
