@@ -142,6 +142,12 @@ class RecentBatches:
 
 
 def _stored(conn: sqlite3.Connection, batch: int) -> tuple[str, bytes] | None:
-    """The endpoint and body of a stored batch (None: pruned or quarantined since)."""
+    """The endpoint and body of a stored batch (None: pruned or quarantined since, or
+    damaged: a batch that cannot be read back is no proof of a repeat)."""
     stored = read(conn, batch)
-    return None if stored is None else (stored.source, stored.body)
+    if stored is None:
+        return None
+    try:
+        return stored.source, stored.body
+    except ValueError:
+        return None

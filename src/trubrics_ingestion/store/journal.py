@@ -4,8 +4,8 @@ Request handlers ``await journal.append(...)``; the writer thread takes everythi
 at that moment, inserts each batch as one row, commits once (an fsync with
 ``synchronous=FULL``) and only then resolves the handlers' futures. Concurrent requests
 thus share a commit, and throughput is not capped by the disk's fsync rate. A batch is
-stored as it came, beside a narrow row saying what it holds (``batches.py``): it becomes
-events only when it is read.
+stored as it came (compressed: ``codec.py``), beside a narrow row saying what it holds
+(``batches.py``): it becomes events only when it is read.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Protocol, cast
 from ..config import DEFAULTS
 from ..errors import IdempotencyConflict, StorageUnavailable
 from ..schema import Item, Source
+from .codec import LZ4, pack
 from .dedup import RecentBatches, Verdict, fingerprint
 from .expand import span
 from .sqlite import connect, transaction
@@ -317,8 +318,8 @@ def insert(conn: sqlite3.Connection, entries: Sequence[NewBatch], first: int | N
         ],
     )
     conn.executemany(
-        "INSERT INTO bodies (batch, body) VALUES (?, ?)",
-        [(n, e.body) for n, e in zip(numbers, entries, strict=True)],
+        "INSERT INTO bodies (batch, body, codec) VALUES (?, ?, ?)",
+        [(n, pack(e.body), LZ4) for n, e in zip(numbers, entries, strict=True)],
     )
 
 

@@ -130,6 +130,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
         upgrade_to_batches,  # then events and journal -> batches and bodies (upgrade.py)
     ),
+    """
+    -- Bodies are stored compressed from now on (codec.py), those stored before stay as
+    -- they came. A quarantined batch keeps its body as it was stored.
+    ALTER TABLE bodies ADD COLUMN codec TEXT NOT NULL DEFAULT 'identity';
+    ALTER TABLE quarantine ADD COLUMN codec TEXT NOT NULL DEFAULT 'identity';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 BUSY_TIMEOUT_S = 10.0  # how long a writer waits for another's lock before giving up
