@@ -54,8 +54,8 @@ PROBE_EVERY_S = 1.0  # while commits fail and nothing is queued: how often to tr
 PROBE_MARGIN_BYTES = 1 << 20  # free space wanted beyond what the failed commit needed
 LOCK_POLL_S = 0.0002  # while a forwarder writes its cursor: ask for the lock this often
 _INSERT = (
-    "INSERT INTO batches (batch, project, source, received_at, events, first_at, last_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO batches (batch, project, source, received_at, events, first_at, last_at,"
+    " digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -199,7 +199,6 @@ class Journal:
         try:
             with transaction(conn, poll_s=LOCK_POLL_S):
                 outcomes = self._store_new(conn, entries, remembered)
-                self._prune_now_and_then(conn)
         except sqlite3.Error as exc:
             log.error("journal commit of %d batches failed: %s", len(entries), exc)
             self._metrics.commit_failed()
@@ -211,6 +210,7 @@ class Journal:
         else:
             self._metrics.commit(len(entries), time.perf_counter() - started)
             self._recovered()
+            self._prune_now_and_then()
         _resolve(list(zip(entries, outcomes, strict=True)))
 
     def _store_new(
@@ -220,14 +220,20 @@ class Journal:
         commit); the verdict of each."""
         first = _next_batch(conn)
         pending: dict[int, tuple[str, bytes]] = {}  # this commit's new batches, by number
+        new: list[Entry] = []
+        digests: list[bytes | None] = []
         verdicts = []
         for entry in entries:
             number = first + len(pending)
-            verdict = self._admit(conn, entry, number, pending, remembered)
+            verdict, digest = self._admit(conn, entry, number, pending)
             if verdict is Verdict.NEW:
                 pending[number] = (entry.source, entry.body)
+                new.append(entry)
+                digests.append(digest)
+                if digest is not None:
+                    remembered.append(digest)
             verdicts.append(verdict)
-        insert(conn, [e for e, v in zip(entries, verdicts, strict=True) if v is Verdict.NEW], first)
+        insert(conn, new, first, digests)
         return verdicts
 
     def _probe(self, conn: sqlite3.Connection) -> None:
@@ -255,26 +261,24 @@ class Journal:
         entry: Entry,
         number: int,
         pending: dict[int, tuple[str, bytes]],
-        remembered: list[bytes],
-    ) -> Verdict:
+    ) -> tuple[Verdict, bytes | None]:
         """Is this batch new (to be stored as ``number``), or a retry of one already
-        journaled (or earlier in this commit)?"""
+        journaled (or earlier in this commit)? With the fingerprint its row keeps (None:
+        dedup is off)."""
         if not self._recent.enabled:
-            return Verdict.NEW
+            return Verdict.NEW, None
         key = entry.idempotency_key
         digest = fingerprint(entry.project, entry.source, entry.body, key)
         keyed = key is not None
         verdict = self._recent.check(conn, digest, entry.source, entry.body, pending, keyed=keyed)
-        if verdict is Verdict.NEW:
-            if self._recent.remember(conn, digest, number):
-                self._metrics.dedup_evicted()
-            remembered.append(digest)
-        return verdict
+        if verdict is Verdict.NEW and self._recent.remember(digest, number):
+            self._metrics.dedup_evicted()
+        return verdict, digest
 
-    def _prune_now_and_then(self, conn: sqlite3.Connection) -> None:
+    def _prune_now_and_then(self) -> None:
         now = time.monotonic()
         if now - self._pruned_at >= PRUNE_EVERY_S:
-            self._recent.prune(conn)
+            self._recent.prune()
             self._pruned_at = now
 
 
@@ -298,10 +302,16 @@ def _next_batch(conn: sqlite3.Connection) -> int:
     return int(last) + 1
 
 
-def insert(conn: sqlite3.Connection, entries: Sequence[NewBatch], first: int | None = None) -> None:
+def insert(
+    conn: sqlite3.Connection,
+    entries: Sequence[NewBatch],
+    first: int | None = None,
+    digests: Sequence[bytes | None] | None = None,
+) -> None:
     """Store the entries as the next batches (numbered from ``first``, by default the next
-    number), in the caller's transaction. They are numbered here, not by SQLite, so that
-    bodies and dedup entries can use the numbers: the journal is the only writer."""
+    number), with their dedup fingerprints if given, in the caller's transaction. They are
+    numbered here, not by SQLite, so that bodies and dedup can use the numbers: the journal
+    is the only writer."""
     first = _next_batch(conn) if first is None else first
     numbers = range(first, first + len(entries))
     conn.executemany(
@@ -313,8 +323,9 @@ def insert(conn: sqlite3.Connection, entries: Sequence[NewBatch], first: int | N
                 e.source,
                 e.received_at,
                 *span(e.items, cast(Source, e.source), e.received_at),
+                digest,
             )
-            for n, e in zip(numbers, entries, strict=True)
+            for n, e, digest in zip(numbers, entries, digests or [None] * len(entries), strict=True)
         ],
     )
     conn.executemany(
