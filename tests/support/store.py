@@ -52,7 +52,8 @@ def poison(
     with transaction(conn):
         (last,) = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'batches'").fetchone()
         conn.execute(
-            "INSERT INTO batches VALUES (?, ?, 'event', ?, 1, 0, 0)",
+            "INSERT INTO batches (batch, project, source, received_at, events, first_at,"
+            " last_at) VALUES (?, ?, 'event', ?, 1, 0, 0)",
             (last + 1, project, received_at),
         )
         conn.execute(
