@@ -170,10 +170,13 @@ def paced_delay_ms(period_ms: float, warmup: Load) -> int:
 
 
 def check_store(server: Server, warmup: Load, load: Load) -> dict[str, Any]:
-    """The stored-vs-acknowledged check, with the real ``events count``."""
+    """The stored-vs-acknowledged check, with the real ``events count``; and the store's
+    files on disk (the database and its write-ahead log) per stored event."""
     check = verify(stored_events(server.data_dir), [warmup, load])
     if check["verdict"] == "MISMATCH":
         print(f"\n!!! STORED EVENT COUNT MISMATCH: {check}\n", file=sys.stderr, flush=True)
+    files = server.data_dir.glob(server.database.name + "*")
+    check["bytes_per_event"] = sum(f.stat().st_size for f in files) / check["stored_events"]
     return check
 
 
@@ -212,7 +215,10 @@ def progress(result: Round) -> None:
     """One line per server run, so a long bench shows signs of life."""
     extra = ""
     if result.store:
-        extra = f"  stored {result.store['stored_events']} [{result.store['verdict']}]"
+        extra = (
+            f"  stored {result.store['stored_events']} [{result.store['verdict']}]"
+            f" {result.store['bytes_per_event']:.0f} B/event on disk"
+        )
     errors = result.load["non200"] + result.warmup["non200"]
     print(
         f"round {result.round} {LABELS[result.kind]:>9}: {result.events_per_s:>9,.0f} events/s"
@@ -263,6 +269,9 @@ def summarise(rounds: list[Round], opts: Options) -> dict[str, Any]:
         summary["paced"]["target_events_per_s"] = paced.target_events_per_s
         summary["p99_pass"] = paced.p99_ms <= P99_TARGET_MS
     summary["verified"] = all(r.store["verdict"] != "MISMATCH" for r in rounds if r.store)
+    summary["store_bytes_per_event"] = statistics.median(
+        r.store["bytes_per_event"] for r in rounds if r.store
+    )
     summary["non200"] = sum(r.load["non200"] + r.warmup["non200"] for r in rounds)
     summary["pinning"] = PINNING.note
     return summary
@@ -309,6 +318,10 @@ def print_table(summary: dict[str, Any], opts: Options) -> None:
     print(
         f"node memory, all processes, peaks summed: {summary['node_hwm_mb']:.0f} MiB"
         f" (target <= {RSS_TARGET_MB:.0f}): {verdict(summary['rss_pass'])}"
+    )
+    print(
+        f"node store on disk: {summary['store_bytes_per_event']:.0f} bytes per event (the"
+        f" database and its write-ahead log; the benchmark's events are ~380 bytes of JSON)"
     )
     stored = "every acknowledged event stored" if summary["verified"] else "STORED COUNT MISMATCH"
     print(f"verification (events count): {stored}; non-200 responses: {summary['non200']}")

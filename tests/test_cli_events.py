@@ -16,6 +16,7 @@ from typing import IO, Any
 
 from support.node import CLI, Node
 from support.store import poison
+from trubrics_ingestion.store.codec import pack
 
 COLUMNS = [
     "id",
@@ -138,20 +139,26 @@ def test_env_var_data_dir(node: Node) -> None:
     assert out.stdout.strip() == "1"
 
 
-# Batches a hand edit (or a bug) left that cannot be exported: (body, received_at), written
-# straight into the store with sqlite3.
+# Batches a hand edit (or a bug, or a damaged disk) left that cannot be exported: (body,
+# received_at, compressed bytes if not those of body), written straight into the store.
 GOOD = b'[{"user_id":"u","event":"bad","timestamp":"2026-06-20T12:00:00Z"}]'
-BAD_BATCHES = {
-    "time out of range": (GOOD.replace(b"2026-06-20T12:00:00Z", b"0001-01-01T00:00:00+01:00"), 0),
-    "JSON": (b"[{not json", 0),
-    "UTF-8": (GOOD.replace(b'"u"', b'"\xff"'), 0),
-    "received_at": (GOOD, 2**62),
+BAD_BATCHES: dict[str, tuple[bytes, int, bytes | None]] = {
+    "time out of range": (
+        GOOD.replace(b"2026-06-20T12:00:00Z", b"0001-01-01T00:00:00+01:00"),
+        0,
+        None,
+    ),
+    "JSON": (b"[{not json", 0, None),
+    "UTF-8": (GOOD.replace(b'"u"', b'"\xff"'), 0, None),
+    "received_at": (GOOD, 2**62, None),
+    "truncated": (GOOD, 0, pack(GOOD)[:-3]),
+    "impossible size": (GOOD, 0, (2**31).to_bytes(4, "little") + pack(GOOD)[4:]),
 }
 
 
 def store_bad_batches(node: Node) -> None:
-    for body, received_at in BAD_BATCHES.values():
-        poison(node.data_dir / "trubrics.db", node.project, body, received_at)
+    for body, received_at, blob in BAD_BATCHES.values():
+        poison(node.data_dir / "trubrics.db", node.project, body, received_at, blob=blob)
 
 
 def test_export_skips_and_names_unreadable_batches_and_writes_the_rest(node: Node) -> None:
@@ -174,6 +181,7 @@ def test_export_skips_and_names_unreadable_batches_and_writes_the_rest(node: Nod
         ]
         assert "out of range" in skipped[0] and "Invalid JSON" in skipped[1], skipped
         assert "utf-8" in skipped[2] and "OverflowError" in skipped[3], skipped
+        assert all("damaged LZ4 body" in line for line in skipped[4:]), skipped
         assert f"{len(BAD_BATCHES)} stored batch(es) could not be read" in done.stderr
     assert node.cli("events", "count").stdout.strip() == str(2 + len(BAD_BATCHES))
 

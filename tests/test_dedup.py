@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from trubrics import Trubrics
@@ -15,6 +17,7 @@ from support.engines import free_port
 from support.node import Node, create_key, scrape, value
 
 BATCH = [{"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}]
+DATA = Path(__file__).parent / "data"
 
 
 def test_a_repeated_body_is_acknowledged_but_stored_once(node: Node) -> None:
@@ -160,3 +163,24 @@ def test_the_python_sdk_retry_after_a_lost_response_is_not_stored_twice(node: No
     # The SDK also posts its (empty) LLM batch; then it retries the events batch.
     assert proxy.paths == ["/publish_events", "/publish_llm_events", "/publish_events"]
     assert [e["event"] for e in node.export()] == ["lost response"]
+
+
+def test_a_store_from_before_v7_still_recognises_retries(make_node, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Schema v7 keeps each fingerprint in its batch's row instead of a table of its own.
+    ``data/store-v6.db`` was made by the v6 release's own server (``data/make_store_v6.py``)
+    from these three batches: retries of them are still recognised once upgraded. The
+    window is wide because the file was made long before the test runs."""
+    made_by_v6 = [
+        ("/publish_events", BATCH, {}),
+        ("/publish_llm_events", [{"user_id": "u", "prompt": "p", "generation": "g"}], {}),
+        ("/publish_events", [{**BATCH[0], "user_id": "k"}], {"idempotency-key": "k1"}),
+    ]
+    data_dir = tmp_path / "v6"
+    data_dir.mkdir(mode=0o700)
+    shutil.copy(DATA / "store-v6.db", data_dir / "trubrics.db")
+    ten_years = str(10 * 365 * 86_400)
+    node = make_node(project="v6", env={"TRUBRICS_DEDUP_WINDOW_S": ten_years}, data_dir=data_dir)
+    for path, items, headers in made_by_v6:
+        assert node.post(path, items, headers=headers).json()["duplicate"] is True, path
+    assert "duplicate" not in node.post("/publish_events", [{**BATCH[0], "user_id": "new"}]).json()
+    assert [e["user_id"] for e in node.export()] == ["u", "u", "u", "k", "new"]

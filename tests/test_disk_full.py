@@ -398,18 +398,19 @@ def sigterm(node: Node) -> tuple[int, float]:
 
 
 class FailsOnce:
-    """A store connection whose first ``INSERT INTO dedup`` fails as a bad disk makes it:
-    no black-box way makes exactly one statement of a commit fail, so it is injected."""
+    """A store connection whose first ``INSERT INTO bodies`` (after the batch's row and its
+    dedup fingerprint) fails as a bad disk makes it: no black-box way makes exactly one
+    statement of a commit fail, so it is injected."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self.failed = False
 
-    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
-        if sql.lstrip().startswith("INSERT INTO dedup") and not self.failed:
+    def executemany(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql.lstrip().startswith("INSERT INTO bodies") and not self.failed:
             self.failed = True
             raise sqlite3.OperationalError("disk I/O error")
-        return self._conn.execute(sql, *args)
+        return self._conn.executemany(sql, *args)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)

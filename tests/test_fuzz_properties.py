@@ -30,6 +30,7 @@ from trubrics_ingestion.errors import InvalidPayload
 from trubrics_ingestion.ingest.limits import PayloadLimits
 from trubrics_ingestion.schema import MAX_BATCH_ITEMS, MAX_LATENCY_S, Event, LLMEvent, decode_batch
 from trubrics_ingestion.store import batches
+from trubrics_ingestion.store.codec import LZ4, pack
 from trubrics_ingestion.store.expand import expand
 from trubrics_ingestion.store.ids import id_factory
 
@@ -247,7 +248,7 @@ def test_every_accepted_item_can_be_stored_and_exported(
 def test_a_stored_batch_of_events_expands_as_its_decoded_items_do(body: bytes) -> None:
     """Readers expand stored plain events column by column (``expand_events``): the same
     rows as ``expand`` makes of what the request decoded to, and refused where it is."""
-    stored = batches.Stored(9, "p", "event", 1_781_956_800_123_456, body)
+    stored = batches.Stored(9, "p", "event", 1_781_956_800_123_456, pack(body), LZ4)
     try:
         items = decode_batch(body, "event")
     except InvalidPayload:

@@ -16,6 +16,7 @@ import sqlite3
 from pathlib import Path
 
 from support.node import cli
+from support.store import journal
 from trubrics_ingestion.forward import cursors
 from trubrics_ingestion.store import batches
 from trubrics_ingestion.store.sqlite import SCHEMA_VERSION, connect
@@ -23,6 +24,7 @@ from trubrics_ingestion.store.sqlite import SCHEMA_VERSION, connect
 DATA = Path(__file__).parent / "data"
 ROWS = 102  # materialised rows left after the prune (seq 6..107)
 RUN_OF_SEQ_37 = 27  # cursor a (seq 37) lies in the run of seq 33..38, rows 27..32
+EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
 
 
 def _old_store(tmp_path: Path) -> Path:
@@ -91,3 +93,21 @@ def test_an_unreadable_old_row_is_set_aside_and_the_rest_kept(tmp_path: Path) ->
     conn = sqlite3.connect(data_dir / "trubrics.db")
     ((batch, error),) = conn.execute("SELECT batch, error FROM quarantine").fetchall()
     assert batch == -40 and "JSON" in error
+
+
+def test_old_bodies_stay_as_they_came_and_new_ones_are_compressed(tmp_path: Path) -> None:
+    """Schema v7 compresses the bodies it stores (``codec.py``) without rewriting older
+    ones: a store holds both, and every reader reads both."""
+    data_dir = _old_store(tmp_path)
+    conn = connect(data_dir / "trubrics.db")
+    events = [EVENT | {"properties": {"$text": "the same words " * 20}}] * 50
+    journal(conn, [("beta", "event", events)])
+    codecs = conn.execute("SELECT codec, count(*) FROM bodies GROUP BY codec").fetchall()
+    assert codecs == [("identity", 30), ("lz4", 1)]
+    ((blob,),) = conn.execute("SELECT body FROM bodies WHERE codec = 'lz4'").fetchall()
+    stored = batches.read(conn, batches.newest(conn))
+    assert stored is not None and json.loads(stored.body) == events
+    assert len(blob) < len(stored.body) / 10
+    exported = cli(data_dir, "events", "export").stdout.splitlines()
+    assert len(exported) == len(_expected()) + len(events)
+    assert [json.loads(line) for line in exported[: len(_expected())]] == _expected()

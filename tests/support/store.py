@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from trubrics_ingestion.schema import Item, Source, decode_batch
+from trubrics_ingestion.store.codec import LZ4, pack
 from trubrics_ingestion.store.journal import insert
 from trubrics_ingestion.store.sqlite import transaction
 
@@ -41,16 +42,23 @@ def poison(
     project: str,
     body: bytes = b"[not json",
     received_at: int = 1_780_000_000_000_000,
+    *,
+    blob: bytes | None = None,
 ) -> int:
-    """Store a batch that cannot be read back (as if a bug let it through, or a hand edit);
-    returns its number."""
+    """Store a batch that cannot be read back (as if a bug let it through, or a hand edit):
+    ``body`` compressed as the journal does, or ``blob`` as the compressed bytes (a damaged
+    file); returns its number."""
     conn = sqlite3.connect(database)
     with transaction(conn):
         (last,) = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'batches'").fetchone()
         conn.execute(
-            "INSERT INTO batches VALUES (?, ?, 'event', ?, 1, 0, 0)",
+            "INSERT INTO batches (batch, project, source, received_at, events, first_at,"
+            " last_at) VALUES (?, ?, 'event', ?, 1, 0, 0)",
             (last + 1, project, received_at),
         )
-        conn.execute("INSERT INTO bodies VALUES (?, ?)", (last + 1, body))
+        conn.execute(
+            "INSERT INTO bodies (batch, body, codec) VALUES (?, ?, ?)",
+            (last + 1, pack(body) if blob is None else blob, LZ4),
+        )
     conn.close()
     return int(last + 1)

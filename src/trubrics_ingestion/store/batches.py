@@ -1,6 +1,7 @@
 """The node's store of events: journaled batches, expanded into events as they are read.
 
-An acknowledged batch is kept as it arrived (its validated request body) in ``bodies``, and
+An acknowledged batch is kept as it arrived (its validated request body, compressed:
+``codec.py``) in ``bodies``, and
 described by one narrow row in ``batches``: project, source, receive time, how many events
 it expands to and the span of their timestamps. Nothing turns batches into per-event rows
 on the way in (that cost several times the request itself); readers and forwarders expand
@@ -28,6 +29,7 @@ from msgspec import Meta
 
 from ..clock import now_us
 from ..schema import MAX_BATCH_ITEMS, EventFields, Source, decode_batch
+from .codec import unpack
 from .expand import EventRow, expand, expand_events
 from .ids import batch_ids, id_factory
 from .sqlite import meta, transaction
@@ -43,7 +45,13 @@ class Stored(NamedTuple):
     project: str
     source: str
     received_at: int
-    body: bytes
+    blob: bytes  # the body as stored, in ``codec``
+    codec: str
+
+    @property
+    def body(self) -> bytes:
+        """The validated request body; ``ValueError`` if the stored blob is damaged."""
+        return unpack(self.blob, self.codec)
 
 
 # A stored batch of plain events, validated when it was acknowledged (``expand_events``
@@ -160,7 +168,7 @@ def matching(
 def read(conn: sqlite3.Connection, batch: int) -> Stored | None:
     """One stored batch, body included (None: pruned or quarantined meanwhile)."""
     row = conn.execute(
-        "SELECT b.batch, project, source, received_at, body FROM batches AS b"
+        "SELECT b.batch, project, source, received_at, body, codec FROM batches AS b"
         " JOIN bodies USING (batch) WHERE b.batch = ?",
         (batch,),
     ).fetchone()
@@ -178,8 +186,9 @@ def quarantine(conn: sqlite3.Connection, batch: int, error: str) -> None:
     """Set the batch aside with its error, so the batches after it go on."""
     with transaction(conn):
         conn.execute(
-            "INSERT OR IGNORE INTO quarantine (batch, project, source, received_at, body, error,"
-            " quarantined_at) SELECT b.batch, project, source, received_at, body, ?, ?"
+            "INSERT OR IGNORE INTO quarantine (batch, project, source, received_at, body, codec,"
+            " error, quarantined_at) SELECT b.batch, project, source, received_at, body, codec,"
+            " ?, ?"
             " FROM batches AS b JOIN bodies USING (batch) WHERE b.batch = ?",
             (error, now_us(), batch),
         )

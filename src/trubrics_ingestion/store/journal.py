@@ -4,8 +4,8 @@ Request handlers ``await journal.append(...)``; the writer thread takes everythi
 at that moment, inserts each batch as one row, commits once (an fsync with
 ``synchronous=FULL``) and only then resolves the handlers' futures. Concurrent requests
 thus share a commit, and throughput is not capped by the disk's fsync rate. A batch is
-stored as it came, beside a narrow row saying what it holds (``batches.py``): it becomes
-events only when it is read.
+stored as it came (compressed: ``codec.py``), beside a narrow row saying what it holds
+(``batches.py``): it becomes events only when it is read.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Protocol, cast
 from ..config import DEFAULTS
 from ..errors import IdempotencyConflict, StorageUnavailable
 from ..schema import Item, Source
+from .codec import LZ4, pack
 from .dedup import RecentBatches, Verdict, fingerprint
 from .expand import span
 from .sqlite import connect, transaction
@@ -53,8 +54,8 @@ PROBE_EVERY_S = 1.0  # while commits fail and nothing is queued: how often to tr
 PROBE_MARGIN_BYTES = 1 << 20  # free space wanted beyond what the failed commit needed
 LOCK_POLL_S = 0.0002  # while a forwarder writes its cursor: ask for the lock this often
 _INSERT = (
-    "INSERT INTO batches (batch, project, source, received_at, events, first_at, last_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO batches (batch, project, source, received_at, events, first_at, last_at,"
+    " digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -198,7 +199,6 @@ class Journal:
         try:
             with transaction(conn, poll_s=LOCK_POLL_S):
                 outcomes = self._store_new(conn, entries, remembered)
-                self._prune_now_and_then(conn)
         except sqlite3.Error as exc:
             log.error("journal commit of %d batches failed: %s", len(entries), exc)
             self._metrics.commit_failed()
@@ -210,6 +210,7 @@ class Journal:
         else:
             self._metrics.commit(len(entries), time.perf_counter() - started)
             self._recovered()
+            self._prune_now_and_then()
         _resolve(list(zip(entries, outcomes, strict=True)))
 
     def _store_new(
@@ -219,14 +220,20 @@ class Journal:
         commit); the verdict of each."""
         first = _next_batch(conn)
         pending: dict[int, tuple[str, bytes]] = {}  # this commit's new batches, by number
+        new: list[Entry] = []
+        digests: list[bytes | None] = []
         verdicts = []
         for entry in entries:
             number = first + len(pending)
-            verdict = self._admit(conn, entry, number, pending, remembered)
+            verdict, digest = self._admit(conn, entry, number, pending)
             if verdict is Verdict.NEW:
                 pending[number] = (entry.source, entry.body)
+                new.append(entry)
+                digests.append(digest)
+                if digest is not None:
+                    remembered.append(digest)
             verdicts.append(verdict)
-        insert(conn, [e for e, v in zip(entries, verdicts, strict=True) if v is Verdict.NEW], first)
+        insert(conn, new, first, digests)
         return verdicts
 
     def _probe(self, conn: sqlite3.Connection) -> None:
@@ -254,26 +261,24 @@ class Journal:
         entry: Entry,
         number: int,
         pending: dict[int, tuple[str, bytes]],
-        remembered: list[bytes],
-    ) -> Verdict:
+    ) -> tuple[Verdict, bytes | None]:
         """Is this batch new (to be stored as ``number``), or a retry of one already
-        journaled (or earlier in this commit)?"""
+        journaled (or earlier in this commit)? With the fingerprint its row keeps (None:
+        dedup is off)."""
         if not self._recent.enabled:
-            return Verdict.NEW
+            return Verdict.NEW, None
         key = entry.idempotency_key
         digest = fingerprint(entry.project, entry.source, entry.body, key)
         keyed = key is not None
         verdict = self._recent.check(conn, digest, entry.source, entry.body, pending, keyed=keyed)
-        if verdict is Verdict.NEW:
-            if self._recent.remember(conn, digest, number):
-                self._metrics.dedup_evicted()
-            remembered.append(digest)
-        return verdict
+        if verdict is Verdict.NEW and self._recent.remember(digest, number):
+            self._metrics.dedup_evicted()
+        return verdict, digest
 
-    def _prune_now_and_then(self, conn: sqlite3.Connection) -> None:
+    def _prune_now_and_then(self) -> None:
         now = time.monotonic()
         if now - self._pruned_at >= PRUNE_EVERY_S:
-            self._recent.prune(conn)
+            self._recent.prune()
             self._pruned_at = now
 
 
@@ -297,10 +302,16 @@ def _next_batch(conn: sqlite3.Connection) -> int:
     return int(last) + 1
 
 
-def insert(conn: sqlite3.Connection, entries: Sequence[NewBatch], first: int | None = None) -> None:
+def insert(
+    conn: sqlite3.Connection,
+    entries: Sequence[NewBatch],
+    first: int | None = None,
+    digests: Sequence[bytes | None] | None = None,
+) -> None:
     """Store the entries as the next batches (numbered from ``first``, by default the next
-    number), in the caller's transaction. They are numbered here, not by SQLite, so that
-    bodies and dedup entries can use the numbers: the journal is the only writer."""
+    number), with their dedup fingerprints if given, in the caller's transaction. They are
+    numbered here, not by SQLite, so that bodies and dedup can use the numbers: the journal
+    is the only writer."""
     first = _next_batch(conn) if first is None else first
     numbers = range(first, first + len(entries))
     conn.executemany(
@@ -312,13 +323,14 @@ def insert(conn: sqlite3.Connection, entries: Sequence[NewBatch], first: int | N
                 e.source,
                 e.received_at,
                 *span(e.items, cast(Source, e.source), e.received_at),
+                digest,
             )
-            for n, e in zip(numbers, entries, strict=True)
+            for n, e, digest in zip(numbers, entries, digests or [None] * len(entries), strict=True)
         ],
     )
     conn.executemany(
-        "INSERT INTO bodies (batch, body) VALUES (?, ?)",
-        [(n, e.body) for n, e in zip(numbers, entries, strict=True)],
+        "INSERT INTO bodies (batch, body, codec) VALUES (?, ?, ?)",
+        [(n, pack(e.body), LZ4) for n, e in zip(numbers, entries, strict=True)],
     )
 
 

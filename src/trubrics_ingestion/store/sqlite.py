@@ -130,6 +130,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
         upgrade_to_batches,  # then events and journal -> batches and bodies (upgrade.py)
     ),
+    """
+    -- Bodies are stored compressed from now on (codec.py), those stored before stay as
+    -- they came. A quarantined batch keeps its body as it was stored.
+    ALTER TABLE bodies ADD COLUMN codec TEXT NOT NULL DEFAULT 'identity';
+    ALTER TABLE quarantine ADD COLUMN codec TEXT NOT NULL DEFAULT 'identity';
+    -- The fingerprint that recognises a retry (dedup.py) is kept in its batch's row, not
+    -- in a table of its own that cost a row per batch and a prune every second.
+    ALTER TABLE batches ADD COLUMN digest BLOB;
+    UPDATE batches SET digest = (SELECT digest FROM dedup WHERE dedup.batch = batches.batch)
+        WHERE batch IN (SELECT batch FROM dedup);
+    DROP TABLE dedup;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 BUSY_TIMEOUT_S = 10.0  # how long a writer waits for another's lock before giving up
