@@ -24,6 +24,7 @@ from starlette.types import ASGIApp
 
 from .. import ingest
 from ..config import Settings, shown
+from ..console import ConsoleApp, LiveFeed, open_console
 from ..ingest import app as http
 from ..ingest.access import OperatorAccess
 from ..ingest.body import BodyBudget
@@ -87,11 +88,27 @@ def serve(settings: Settings, *, warnings: Sequence[str] = ()) -> None:
         for child in background_children(settings):
             child.start()
             opened.callback(child.stop)
+        feed, console = open_console(
+            settings.database_path,
+            registry=settings.registry,
+            forward_to=settings.forward_to,
+            last_used=cache.last_used.copy,
+            refusals=metrics.refusals,
+            status=status.readiness,
+        )
+        opened.callback(console.close)
         app = build_app(
-            settings, keys=cache, journal=journal, metrics=metrics, readiness=status.readiness
+            settings,
+            keys=cache,
+            journal=journal,
+            metrics=metrics,
+            readiness=status.readiness,
+            console=(feed, console),
         )
         opened.callback(app.close)  # counts and logs what the loop answered last
         log.info("starting", extra={"fields": startup_fields(settings)})
+        url = f"http://{settings.host}:{settings.port}/console"
+        log.info("console at %s", url, extra={"fields": {"console": url}})
         _hint_if_keyless(key_store, settings)
         config = uvicorn_config(app, settings, on_refused=metrics.refused)
         _exit_zero_on_stop_signals()
@@ -128,9 +145,11 @@ def build_app(
     journal: http.Journal,
     metrics: Metrics | None = None,
     readiness: Callable[[], dict[str, Any]] = dict,
+    console: tuple[LiveFeed, ConsoleApp] | None = None,
 ) -> http.IngestionApp:
     """The ingestion app, configured by ``settings``. Without ``metrics``, it makes its own;
-    ``readiness`` adds details to ``/readyz`` (the forwarding backlog, the key registry)."""
+    ``readiness`` adds details to ``/readyz`` (the forwarding backlog, the key registry);
+    ``console``: its live feed and app, served under ``/console``."""
     return http.IngestionApp(
         keys=keys,
         readiness=readiness,
@@ -150,6 +169,8 @@ def build_app(
         access_log=AccessLog() if settings.access_log else None,
         cors_origins=settings.cors_origins,
         access=OperatorAccess(settings.metrics_token),
+        live=console[0] if console else None,
+        console=console[1] if console else None,
     )
 
 
