@@ -8,9 +8,10 @@ text. Assets need no session (they hold no data); every page, API and stream doe
 
 Signing in: ``GET /console?token=T`` (the link an operator is given) or the sign-in form
 (``POST /console/sign-in``) sets the session cookie and redirects to ``/console``, so the
-token leaves the address bar (and, with ``Referrer-Policy: no-referrer``, is never sent
-on). State-changing requests (sign-in, sign-out) must come from this origin (``Origin``)
-and, once signed in, carry the session's CSRF token.
+token leaves the address bar (and, with ``Referrer-Policy: same-origin``, no other site
+ever sees a console URL). State-changing requests (sign-in, sign-out) must come from a
+page of this origin (``Sec-Fetch-Site``, else ``Origin``) and, once signed in, carry the
+session's CSRF token.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ CSP = (
 SECURITY: list[tuple[bytes, bytes]] = [
     (b"content-security-policy", CSP),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),
     (b"x-frame-options", b"DENY"),
     (b"cache-control", b"no-store"),
 ]
@@ -317,8 +318,11 @@ def _cookie(scope: Scope) -> str | None:
 
 
 def _same_origin(scope: Scope) -> bool:
-    """The request comes from a page of this origin: its ``Origin`` names our host (every
-    browser sends it with a form's POST)."""
+    """The request comes from a page of this origin, as the browser says: ``Sec-Fetch-Site``
+    (every current browser), else ``Origin`` naming our host."""
+    site = _header(scope, b"sec-fetch-site")
+    if site is not None:
+        return site == "same-origin"
     origin, host = _header(scope, b"origin"), _header(scope, b"host")
     scheme = scope.get("scheme", "http")
     return origin is not None and host is not None and origin == f"{scheme}://{host}"
