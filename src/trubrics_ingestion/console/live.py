@@ -30,7 +30,7 @@ from ..clock import format_time
 from ..schema import Item, Source
 from ..store.expand import expand
 
-LIVE_EVENTS_PER_S = 2_000  # events expanded for the viewers, all together; beyond: skipped
+LIVE_EVENTS_PER_S = 500  # events expanded for the viewers, all together; beyond: skipped
 VIEWER_BUFFER_EVENTS = 1_000  # entries waiting for one viewer; beyond: dropped, counted
 MAX_TEXT_CHARS = 2_000  # of an event's properties or a refusal's detail, as shown
 _encode = msgspec.json.Encoder().encode
@@ -174,52 +174,57 @@ class LiveFeed:
 
     def answered(self, exchanges: Sequence[Answered]) -> None:
         """One turn's answered requests, to every viewer (on the event loop's thread)."""
-        entries = list(self._entries(exchanges))
-        if entries:
-            for viewer in self.viewers:
+        skipped: dict[str | None, int] = {}  # events over the budget, by project
+        entries = list(self._entries(exchanges, skipped))
+        for viewer in self.viewers:
+            if entries:
                 viewer.offer(entries)
+            for project, events in skipped.items():
+                viewer.skip(project, events)
 
-    def _entries(self, exchanges: Sequence[Answered]) -> Iterator[Entry]:
+    def _entries(
+        self, exchanges: Sequence[Answered], skipped: dict[str | None, int]
+    ) -> Iterator[Entry]:
         for exchange in exchanges:
             stored = exchange.stored
             if exchange.reason is not None:
                 yield _refusal(exchange)
             elif stored is not None and exchange.events:
-                yield from self._events(exchange.project or "", *stored, exchange.events)
+                project, events = exchange.project or "", exchange.events
+                granted = self._budget.take(events)
+                if granted < events:
+                    skipped[project] = skipped.get(project, 0) + events - granted
+                if granted:
+                    yield from _events(project, *stored, events, granted)
 
-    def _events(
-        self, project: str, source: Source, items: Sequence[Item], received_at: int, events: int
-    ) -> Iterator[Entry]:
-        """The batch's events, as far as the budget goes; the rest skipped for everyone."""
-        granted = self._budget.take(events)
-        if granted < events:
-            for viewer in self.viewers:
-                viewer.skip(project, events - granted)
-        if not granted:
-            return
-        kept = items[: -(-granted // (events // len(items)))]  # whole items: LLM ones are 2
-        received = format_time(received_at)
-        for row in expand(kept, project=project, received_at=received_at, new_id=str):
-            yield Entry(
-                project,
-                row.event,
-                row.user_id,
-                row.thread_id,
-                False,
-                _encode(
-                    {
-                        "kind": "event",
-                        "time": format_time(row.timestamp),
-                        "received_at": received,
-                        "project": project,
-                        "event": row.event,
-                        "user_id": row.user_id,
-                        "thread_id": row.thread_id,
-                        "source": source,
-                        "properties": row.properties[:MAX_TEXT_CHARS],
-                    }
-                ),
-            )
+
+def _events(
+    project: str, source: Source, items: Sequence[Item], received_at: int, events: int, granted: int
+) -> Iterator[Entry]:
+    """The first ``granted`` of the batch's events (whole items: an LLM one makes two)."""
+    kept = items[: -(-granted // (events // len(items)))]  # whole items: LLM ones are 2
+    received = format_time(received_at)
+    for row in expand(kept, project=project, received_at=received_at, new_id=str):
+        yield Entry(
+            project,
+            row.event,
+            row.user_id,
+            row.thread_id,
+            False,
+            _encode(
+                {
+                    "kind": "event",
+                    "time": format_time(row.timestamp),
+                    "received_at": received,
+                    "project": project,
+                    "event": row.event,
+                    "user_id": row.user_id,
+                    "thread_id": row.thread_id,
+                    "source": source,
+                    "properties": row.properties[:MAX_TEXT_CHARS],
+                }
+            ),
+        )
 
 
 def _refusal(exchange: Answered) -> Entry:

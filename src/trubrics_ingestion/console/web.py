@@ -36,7 +36,7 @@ ROOT = "/console"
 API = ROOT + "/api"
 STATIC = ROOT + "/static/"
 HEARTBEAT_S = 15.0  # a comment line on a quiet stream; the session is checked again then
-FLUSH_S = 0.1  # a viewer gets at most ten messages a second: each carries all that waited
+FLUSH_S = 0.25  # a viewer gets at most four messages a second: each carries all that waited
 MAX_FORM_BYTES = 4096
 PAGES = {  # path -> file; threads and users take the rest of the path as their id
     ROOT: "live.html",
