@@ -202,3 +202,33 @@ def test_the_thread_api_reads_from_clickhouse_when_the_node_forwards_there(
     assert found["source"].startswith("engine clickhouse://")
     assert [e["event"] for e in found["events"]] == ["Prompt", "Generation"]
     assert found["events"][1]["properties"]["$text"] == "Hello!"
+
+
+def test_the_chart_sums_the_last_hour_of_received_batches_per_minute(tmp_path: Path) -> None:
+    """``per_minute`` finds the hour's first batch by a binary search over batch numbers
+    (gaps left by pruning included) and sums the narrow rows from there."""
+    from support.store import Batch
+    from trubrics_ingestion.schema import decode_batch
+    from trubrics_ingestion.store import batches
+    from trubrics_ingestion.store.journal import insert
+    from trubrics_ingestion.store.sqlite import connect, transaction
+
+    conn = connect(tmp_path / "trubrics.db")
+    hour = 3_600_000_000
+    now = (time.time_ns() // 1000) // 60_000_000 * 60_000_000
+    body = b'[{"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}]'
+    received = [now - 2 * hour, now - hour - 1, now - hour, now - hour // 2, now - hour // 2]
+    received += [now - 60_000_000 + n for n in range(40)]
+    with transaction(conn):
+        insert(
+            conn, [Batch("p", "event", at, body, decode_batch(body, "event")) for at in received]
+        )
+        batches.delete(conn, [3, 10, 11, 12])  # a pruned stretch
+    first = batches.first_received(conn, now - hour)
+    kept = conn.execute("SELECT batch, received_at FROM batches").fetchall()
+    assert {n for n, at in kept if n >= first} == {n for n, at in kept if at >= now - hour}
+    assert batches.per_minute(conn, now - hour) == [
+        (now - hour // 2, "p", "event", 2),
+        (now - 60_000_000, "p", "event", 40 - 3),
+    ]
+    assert batches.first_received(conn, now + hour) > batches.newest(conn)

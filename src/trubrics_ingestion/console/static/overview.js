@@ -39,7 +39,7 @@ function drawChart(minutes, now) {
   }
   for (const i of [0, 15, 30, 45, 59]) {
     const label = svg("text", { x: x(i), y: HEIGHT - 6, class: "label", "text-anchor": "middle" });
-    label.textContent = slots[i].slice(11) + (i === 59 ? " UTC" : "");
+    label.textContent = slots[i].slice(11);
     chart.append(label);
   }
   const legend = document.getElementById("legend");
