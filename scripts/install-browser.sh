@@ -5,33 +5,16 @@
 #
 # Idempotent and quick when it is there (one dpkg-query), so `make test` runs it every time.
 set -euo pipefail
+source "$(dirname "$0")/apt.sh"
 
 PACKAGES=(chromium)
 say() { echo "install-browser.sh: $*"; }
 
-sudo=""
-[[ $EUID -eq 0 ]] || sudo="sudo"
-apt_get() { DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=300 "$@"; }
-installed() { [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) == "install ok installed" ]]; }
-
-missing=()
-for package in "${PACKAGES[@]}"; do
-  installed "$package" || missing+=("$package")
-done
+mapfile -t missing < <(missing_of "${PACKAGES[@]}")
 if ((${#missing[@]} == 0)); then
   say "already installed: ${PACKAGES[*]}"
   exit 0
 fi
-
 started=$SECONDS
-if ! apt-cache show "${missing[@]}" >/dev/null 2>&1; then
-  say "${missing[*]} not in the package lists: apt-get update"
-  apt_get update -qq
-fi
-say "installing ${missing[*]}"
-if ! apt_get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
-  say "install failed (stale package lists?): apt-get update and retry"
-  apt_get update -qq
-  apt_get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+apt_install "${missing[@]}"
 say "installed ${missing[*]} in $((SECONDS - started)) s"

@@ -170,27 +170,24 @@ def test_filters_by_project_event_user_and_thread_and_pause(
 def publish_thread(node: Node, thread: str) -> None:
     """Two turns and an event between them, in one thread; one event of another thread."""
     client = sdk(node)
-    client.track_llm(
-        user_id="ada",
-        prompt="What is 2+2?",
-        generation="4.",
-        assistant_id="gpt-4o",
-        latency=1.5,
-        thread_id=thread,
-        timestamp=_at(10),
-    )
-    client.track(
-        user_id="ada", event="Copied answer", properties={"$thread_id": thread}, timestamp=_at(11)
-    )
-    client.track_llm(
-        user_id="ada",
-        prompt="And 3+3?",
-        generation="6.",
-        assistant_id="claude",
-        latency=0.25,
-        thread_id=thread,
-        timestamp=_at(20),
-    )
+    turns = (("What is 2+2?", "4.", "gpt-4o", 1.5, 10), ("And 3+3?", "6.", "claude", 0.25, 20))
+    for n, (prompt, generation, model, latency, second) in enumerate(turns):
+        client.track_llm(
+            user_id="ada",
+            prompt=prompt,
+            generation=generation,
+            assistant_id=model,
+            latency=latency,
+            thread_id=thread,
+            timestamp=_at(second),
+        )
+        if n == 0:
+            client.track(
+                user_id="ada",
+                event="Copied answer",
+                properties={"$thread_id": thread},
+                timestamp=_at(11),
+            )
     client.track(user_id="ada", event="Other thread", properties={"$thread_id": "other"})
     client.close()
 

@@ -406,14 +406,23 @@ def keys_list(as_json: bool, data_dir: Path, registry: str | None) -> None:
     """List keys (ids and hints, never secrets)."""
     with _keys_of(data_dir, registry) as key_store:
         listed = key_store.list_keys()
-    for key in listed:
-        state = "active" if key.revoked_at is None else "revoked"
-        if as_json:
-            click.echo(
-                _json({"id": key.id, "project": key.project, "hint": key.hint, "state": state})
-            )
-        else:
-            click.echo(f"{key.id}\t{key.project}\t{key.hint}\t{state}")
+    _echo_listed(
+        [
+            {"id": k.id, "project": k.project, "hint": k.hint, **_state(k.revoked_at)}
+            for k in listed
+        ],
+        as_json,
+    )
+
+
+def _state(revoked_at: int | None) -> dict[str, str]:
+    return {"state": "active" if revoked_at is None else "revoked"}
+
+
+def _echo_listed(records: list[dict[str, str]], as_json: bool) -> None:
+    """One line per key or token: JSON, or its values separated by tabs."""
+    for record in records:
+        click.echo(_json(record) if as_json else "\t".join(record.values()))
 
 
 @keys_group.command(name="revoke")
@@ -480,12 +489,7 @@ def console_list(as_json: bool, data_dir: Path, registry: str | None) -> None:
     """List console tokens (ids and hints, never secrets)."""
     with _tokens_of(data_dir, registry) as tokens:
         listed = tokens.list()
-    for token in listed:
-        state = "active" if token.revoked_at is None else "revoked"
-        if as_json:
-            click.echo(_json({"id": token.id, "hint": token.hint, "state": state}))
-        else:
-            click.echo(f"{token.id}\t{token.hint}\t{state}")
+    _echo_listed([{"id": t.id, "hint": t.hint, **_state(t.revoked_at)} for t in listed], as_json)
 
 
 @console_group.command(name="revoke")

@@ -38,11 +38,11 @@ STATIC = ROOT + "/static/"
 HEARTBEAT_S = 15.0  # a comment line on a quiet stream; the session is checked again then
 FLUSH_S = 0.25  # a viewer gets at most four messages a second: each carries all that waited
 MAX_FORM_BYTES = 4096
-PAGES = {  # path -> file; threads and users take the rest of the path as their id
-    ROOT: "live.html",
-    ROOT + "/overview": "overview.html",
-    ROOT + "/threads/": "thread.html",
-    ROOT + "/users/": "user.html",
+PAGES = {  # path -> (page, title); threads and users take the rest of the path as their id
+    ROOT: ("live", "Live"),
+    ROOT + "/overview": ("overview", "Overview"),
+    ROOT + "/threads/": ("thread", "Thread"),
+    ROOT + "/users/": ("user", "User"),
 }
 CONTENT_TYPES = {
     ".html": b"text/html; charset=utf-8",
@@ -88,6 +88,17 @@ class ConsoleApp:
             item.name: item.read_bytes()
             for item in folder.iterdir()
             if item.name[item.name.rfind(".") :] in CONTENT_TYPES
+        }
+        # Each page is the layout (head, navigation, sign-out) around its own <main>, and
+        # its script: NAME.html and NAME.js.
+        self._pages = {
+            page: _filled(
+                self._files["layout.html"],
+                main=self._files[f"{page}.html"],
+                title=title.encode(),
+                script=f"{page}.js".encode(),
+            )
+            for page, title in PAGES.values()
         }
 
     def close(self) -> None:
@@ -145,7 +156,8 @@ class ConsoleApp:
         """To ``/console`` with the new session's cookie, or the sign-in form again."""
         if cookie is None:
             message = b"That token is not a valid console token (mistyped, or revoked)."
-            await _respond(send, 401, self._file("signin.html", message=message), _HTML)
+            page = _filled(self._files["signin.html"], message=message)
+            await _respond(send, 401, page, _HTML)
             return
         secure = "; Secure" if scope.get("scheme") == "https" else ""
         value = (
@@ -173,14 +185,14 @@ class ConsoleApp:
         if path.startswith(API + "/") or path == API:
             await _respond(send, 401, b'{"detail":"Sign in to the console first."}', _JSON)
         elif path == ROOT:
-            await _respond(send, 200, self._file("signin.html", message=b""), _HTML)
+            await _respond(send, 200, _filled(self._files["signin.html"], message=b""), _HTML)
         else:
             await _respond(send, 303, b"", [(b"location", ROOT.encode())])
 
     # --- pages, assets, data -----------------------------------------------------------
 
     async def _page(self, send: Send, path: str, session: Session) -> None:
-        name = PAGES.get(path) or next(
+        found = PAGES.get(path) or next(
             (
                 page
                 for prefix, page in PAGES.items()
@@ -188,10 +200,11 @@ class ConsoleApp:
             ),
             None,
         )
-        if name is None:
+        if found is None:
             await _respond(send, 404, b'{"detail":"Not found."}', _JSON)
             return
-        await _respond(send, 200, self._file(name, csrf=session.csrf.encode()), _HTML)
+        page = _filled(self._pages[found[0]], csrf=session.csrf.encode())
+        await _respond(send, 200, page, _HTML)
 
     async def _asset(self, send: Send, name: str) -> None:
         body = self._files.get(name)
@@ -200,13 +213,6 @@ class ConsoleApp:
             return
         content_type = CONTENT_TYPES[name[name.rfind(".") :]]
         await _respond(send, 200, body, [(b"content-type", content_type)])
-
-    def _file(self, name: str, **fills: bytes) -> bytes:
-        """A page with its ``{{name}}`` blanks filled (with our own texts, never a client's)."""
-        page = self._files[name]
-        for blank, text in fills.items():
-            page = page.replace(b"{{%s}}" % blank.encode(), text)
-        return page
 
     async def _api(self, scope: Scope, send: Send, path: str) -> None:
         query = urllib.parse.parse_qs(scope["query_string"].decode("latin-1"))
@@ -267,6 +273,13 @@ class ConsoleApp:
 _FILTERS = ("project", "event", "user", "thread")
 _JSON: Headers = [(b"content-type", b"application/json")]
 _HTML: Headers = [(b"content-type", CONTENT_TYPES[".html"])]
+
+
+def _filled(page: bytes, **fills: bytes) -> bytes:
+    """``page`` with its ``{{name}}`` blanks filled (with our own texts, never a client's)."""
+    for blank, text in fills.items():
+        page = page.replace(b"{{%s}}" % blank.encode(), text)
+    return page
 
 
 async def _disconnected(receive: Receive, viewer: Viewer) -> None:
