@@ -61,6 +61,7 @@ def main(node: str, key: str, instrumentation: str, mode: str = "NO_CONTENT") ->
     stub = ThreadingHTTPServer(("127.0.0.1", 0), StubOpenAI)
     threading.Thread(target=stub.serve_forever, daemon=True).start()
 
+    import openai
     from opentelemetry.exporter.otlp.proto.http import Compression
     from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -69,8 +70,6 @@ def main(node: str, key: str, instrumentation: str, mode: str = "NO_CONTENT") ->
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-
-    import openai
 
     resource = Resource.create({"service.name": "weather-bot"})
     gzip = Compression.Gzip
@@ -98,9 +97,10 @@ def main(node: str, key: str, instrumentation: str, mode: str = "NO_CONTENT") ->
         from openinference.instrumentation.openai import OpenAIInstrumentor as OpenInference
 
         OpenInference().instrument(tracer_provider=spans)
-        with using_attributes(user_id=USER, session_id=SESSION), tracer.start_as_current_span(
-            "answer"
-        ) as app_span:
+        with (
+            using_attributes(user_id=USER, session_id=SESSION),
+            tracer.start_as_current_span("answer") as app_span,
+        ):
             reply = client.chat.completions.create(model=MODEL, messages=messages)  # type: ignore[arg-type]
     context = app_span.get_span_context()
     spans.shutdown()

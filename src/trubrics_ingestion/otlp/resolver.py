@@ -418,4 +418,3 @@ def _batches(calls: dict[str, list[GenAICall]], now: int) -> Iterator[Resolved]:
         for start in range(0, len(resolved), MAX_BATCH_ITEMS):
             chunk = resolved[start : start + MAX_BATCH_ITEMS]
             yield Resolved(project, CALLS, now, encode(chunk), cast(Sequence[Item], chunk))
-
