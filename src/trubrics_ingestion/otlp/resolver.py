@@ -31,7 +31,7 @@ import sqlite3
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -261,10 +261,9 @@ class Resolver:
             for item, record in enumerate(export.logs):
                 key = (stored.project, record.trace, record.span)
                 logs[key].append((number, item, record, stored.received_at))
-        keys = {(project, span.trace) for project, span, _ in news}
-        keys |= {(project, trace) for project, trace, _ in logs}
-        keys |= set(self._expired(conn, now))
-        traces = {key: self._stored_trace(conn, key) for key in keys}
+        keys = [(project, span.trace) for project, span, _ in news]  # in the order they came
+        keys += [(project, trace) for project, trace, _ in logs]
+        traces = _stored_traces(conn, [*keys, *self._expired(conn, now)])
         for project, span, held_at in news:
             _add(traces[project, span.trace], span, held_at)
         return traces, logs
@@ -277,20 +276,6 @@ class Resolver:
         )
         yield from found
 
-    @staticmethod
-    def _stored_trace(conn: sqlite3.Connection, key: TraceKey) -> Trace:
-        trace = Trace()
-        rows = conn.execute(
-            "SELECT span, parent, root, user, thread, call, held_at FROM otlp_spans"
-            " WHERE project = ? AND trace = ?",
-            key,
-        )
-        for span, parent, root, user, thread, call, held_at in rows:
-            trace.links[span] = Link(parent, bool(root), user, thread)
-            if call is not None:
-                trace.waiting.append(Waiting(span, decode_call(call), held_at, new=False))
-        return trace
-
     # --- resolving ---------------------------------------------------------------------
 
     def _plan(
@@ -298,6 +283,7 @@ class Resolver:
     ) -> Plan:
         """Which waiting calls are due, resolved; and the rows to store."""
         plan = Plan()
+        stored_logs = _stored_logs(conn, traces)
         for (project, trace_id), trace in traces.items():
             due_by = "root" if trace.has_root else None
             resolved = set()
@@ -305,7 +291,8 @@ class Resolver:
                 by = due_by or ("window" if waiting.held_at <= now - self.window_us else None)
                 if by is None:
                     continue
-                records = _logs_of(conn, logs, (project, trace_id, waiting.span))
+                key = (project, trace_id, waiting.span)
+                records = stored_logs.get(key, []) + [r for _, _, r, _ in logs.pop(key, [])]
                 user, thread = _identity(trace.links, waiting, trace_id)
                 ids = (trace_id, waiting.span)
                 call = conventions.to_call(ids, waiting.call, records, user, thread)
@@ -381,16 +368,46 @@ def _add(trace: Trace, span: SpanRecord, held_at: int) -> None:
         trace.waiting.append(Waiting(span.span, span.call, held_at, new=True))
 
 
-def _logs_of(conn: sqlite3.Connection, logs: NewLogs, key: SpanKey) -> list[LogRecord]:
-    """A call's log records: those stored, then this step's (taken out of ``logs``: they
-    are never stored)."""
-    stored = conn.execute(
-        "SELECT record FROM otlp_logs WHERE project = ? AND trace = ? AND span = ?"
-        " ORDER BY batch, item",
-        key,
-    ).fetchall()
-    fresh = logs.pop(key, [])
-    return [decode_log(record) for (record,) in stored] + [record for _, _, record, _ in fresh]
+def _by_project(keys: Iterable[TraceKey]) -> dict[str, str]:
+    """Trace ids by project, as the JSON array that ``json_each`` reads in a query."""
+    traces: dict[str, list[str]] = defaultdict(list)
+    for project, trace in keys:
+        traces[project].append(trace)
+    return {project: encode(ids).decode() for project, ids in traces.items()}
+
+
+def _stored_traces(conn: sqlite3.Connection, keys: list[TraceKey]) -> dict[TraceKey, Trace]:
+    """What the store holds of these traces (one query per project), in the order given."""
+    traces = {key: Trace() for key in keys}
+    for project, ids in _by_project(traces).items():
+        rows = conn.execute(
+            "SELECT trace, span, parent, root, user, thread, call, held_at FROM otlp_spans"
+            " WHERE project = ? AND trace IN (SELECT value FROM json_each(?))",
+            (project, ids),
+        )
+        for trace_id, span, parent, root, user, thread, call, held_at in rows:
+            trace = traces[project, trace_id]
+            trace.links[span] = Link(parent, bool(root), user, thread)
+            if call is not None:
+                trace.waiting.append(Waiting(span, decode_call(call), held_at, new=False))
+    return traces
+
+
+def _stored_logs(
+    conn: sqlite3.Connection, keys: Iterable[TraceKey]
+) -> dict[SpanKey, list[LogRecord]]:
+    """The stored log records of these traces, by span, in the order they came."""
+    found: dict[SpanKey, list[LogRecord]] = defaultdict(list)
+    for project, ids in _by_project(keys).items():
+        rows = conn.execute(
+            "SELECT trace, span, record FROM otlp_logs"
+            " WHERE project = ? AND trace IN (SELECT value FROM json_each(?))"
+            " ORDER BY batch, item",
+            (project, ids),
+        )
+        for trace, span, record in rows:
+            found[project, trace, span].append(decode_log(record))
+    return found
 
 
 def _identity(links: dict[str, Link], waiting: Waiting, trace: str) -> tuple[str, str | None]:
