@@ -166,8 +166,10 @@ class Resolver:
         """The store, with the resolver's tables (made here, idempotently: nothing else
         reads them)."""
         if self._conn is None:
+            # synchronous=FULL, as connect() sets it: a step lost in a power cut would be
+            # resolved again into another batch, whose events the engines may then hold twice
+            # (the forwarder may have shipped the lost one: its events have other ids).
             conn = connect(self._database)
-            conn.execute("PRAGMA synchronous=NORMAL")  # a lost step is read again
             with transaction(conn):
                 for statement in SCHEMA:
                     conn.execute(statement)
