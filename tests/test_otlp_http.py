@@ -192,3 +192,13 @@ def test_a_call_whose_window_passed_while_the_node_was_down_is_stored_at_start(
     events = settled(node, 2)
     assert {e["user_id"] for e in events} == {f"trace:{TRACE}"}  # its root never came
     assert value(scrape(node), "trubrics_otlp_calls_resolved_total", by="window") == 1
+
+
+def test_the_rate_limit_counts_two_events_per_genai_span_and_says_when_to_retry(
+    make_node: Any,
+) -> None:
+    node = make_node(env={"TRUBRICS_RATE_LIMIT_EVENTS_PER_S": "1"})  # a burst of 200 events
+    calls = [otlp.chat(TRACE, f"{index + 1:016x}") for index in range(100)]
+    assert send(node, otlp.traces(*calls)).status_code == 200
+    refused = send(node, otlp.traces(otlp.chat(TRACE, ROOT)))
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
