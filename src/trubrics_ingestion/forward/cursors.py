@@ -1,8 +1,9 @@
 """The forwarder's state in the node's SQLite file: one cursor per engine, and pruning.
 
 A cursor is the number of the last batch an engine confirmed (with every batch before
-it). Batch numbers are handed out in commit order by the journal, its only writer, and
-never reused (AUTOINCREMENT), so "batch > cursor" is exactly "not yet delivered".
+it). Batch numbers are handed out in commit order, inside the write transaction of the one
+that stores them (the journal, or the OTLP resolver), and never reused (AUTOINCREMENT), so
+"batch > cursor" is exactly "not yet delivered".
 """
 
 from __future__ import annotations

@@ -299,8 +299,9 @@ def _next_batch(conn: sqlite3.Connection) -> int:
 
 def insert(conn: sqlite3.Connection, entries: Sequence[NewBatch], first: int | None = None) -> None:
     """Store the entries as the next batches (numbered from ``first``, by default the next
-    number), in the caller's transaction. They are numbered here, not by SQLite, so that
-    bodies and dedup entries can use the numbers: the journal is the only writer."""
+    number), in the caller's write transaction, which no other writer of batches (the OTLP
+    resolver) can interleave. They are numbered here, not by SQLite, so that bodies and
+    dedup entries can use the numbers."""
     first = _next_batch(conn) if first is None else first
     numbers = range(first, first + len(entries))
     conn.executemany(
