@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the pinned Trubrics JS SDK into tests/node for tests/test_js_sdk.py.
+# Install the pinned Trubrics JS SDK and OpenTelemetry packages into tests/node, for
+# tests/test_js_sdk.py and tests/test_otlp_apps.py.
 # Idempotent: a no-op when the pinned version is already installed, so `make test` stays fast.
 set -euo pipefail
 cd "$(dirname "$0")/node"
@@ -11,13 +12,19 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nodejs npm >/dev/null
 fi
 
-pinned=$(node -p 'require("./package.json").dependencies["@trubrics/trubrics"]')
-installed=$(node -p 'require("./node_modules/@trubrics/trubrics/package.json").version' 2>/dev/null || true)
-[[ $installed == "$pinned" ]] && exit 0
+# Every pinned dependency whose installed version differs (or is missing): none, nothing to do.
+stale=$(node -e '
+const pinned = require("./package.json").dependencies;
+const installed = (name) => {
+  try { return require(`./node_modules/${name}/package.json`).version; } catch { return null; }
+};
+console.log(Object.keys(pinned).filter((name) => installed(name) !== pinned[name]).join(" "));
+')
+[[ -z $stale ]] && exit 0
 
 if [[ -f package-lock.json ]]; then
   npm ci --no-audit --no-fund --loglevel=error
 else
   npm install --no-audit --no-fund --loglevel=error
 fi
-echo "setup-node.sh: installed @trubrics/trubrics@$pinned with node $(node --version)"
+echo "setup-node.sh: installed $stale with node $(node --version)"

@@ -7,6 +7,7 @@ Rooms (folders) and leaves (shared vocabulary at the top level)::
     store/   durable on this node                   leaves
     keys/    key -> project                         leaves, store.sqlite (where local keys live)
     forward/ node -> engines                        leaves, store
+    otlp/    OpenTelemetry exports -> events        leaves, store
     node/    the process: wires everything          anything but cli
     cli      the command line                       anything; the only one that imports node
 
@@ -32,8 +33,9 @@ ALLOWED: dict[str, set[str]] = {
     "store": {"leaf", "store"},
     "keys": {"leaf", "keys", "store.sqlite"},
     "forward": {"leaf", "forward", "store"},
-    "node": {"leaf", "ingest", "store", "keys", "forward", "node"},
-    "cli": {"leaf", "ingest", "store", "keys", "forward", "node", "cli"},
+    "otlp": {"leaf", "otlp", "store"},
+    "node": {"leaf", "ingest", "store", "keys", "forward", "otlp", "node"},
+    "cli": {"leaf", "ingest", "store", "keys", "forward", "otlp", "node", "cli"},
     "__main__": {"cli"},
     "__init__": set(),
 }

@@ -55,6 +55,8 @@ PREFIX = "/api/ingestion"  # the hosted service's path; both host styles work
 ENDPOINTS = (  # every route, as labelled in metrics
     "/publish_events",
     "/publish_llm_events",
+    "/v1/traces",
+    "/v1/logs",
     "/healthz",
     "/readyz",
     "/openapi.json",
@@ -63,6 +65,8 @@ ENDPOINTS = (  # every route, as labelled in metrics
 )
 PUBLISH: dict[str, Source] = {"/publish_events": "event", "/publish_llm_events": "llm"}
 EXPANSION: dict[Source, int] = {"event": 1, "llm": 2}  # stored events per item
+OTLP = {"/v1/traces": "traces", "/v1/logs": "logs"}  # OpenTelemetry's exports, by signal
+_BATCHES = frozenset((*PUBLISH, *OTLP))  # where a refusal is a batch refused (in metrics)
 CLOSED_BY_CLIENT = 499  # nginx's status for a client gone before its answer: logs only
 MAX_LOGGED_PATH = 256  # a 404's path is the client's text: bounded in the access log
 _JSON: Headers = ((b"content-type", b"application/json"),)
@@ -71,7 +75,14 @@ _TEXT: Headers = ((b"content-type", CONTENT_TYPE_LATEST.encode()),)
 _EXCHANGE = "trubrics.exchange"
 # Headers read as one value: a second copy is refused, never silently preferred.
 SINGLE_VALUED = frozenset(
-    (b"x-api-key", b"content-encoding", b"content-length", b"idempotency-key")
+    (
+        b"x-api-key",
+        b"authorization",
+        b"content-type",
+        b"content-encoding",
+        b"content-length",
+        b"idempotency-key",
+    )
 )
 _KNOWN = frozenset(ENDPOINTS)
 _encode = msgspec.json.Encoder().encode
@@ -102,6 +113,36 @@ class Journal(Protocol):
         """True when stored, False when the batch repeats one already stored."""
 
     def ready(self) -> bool: ...
+
+
+class Exports(Protocol):
+    """What the OTLP endpoints ask of a receiver (``otlp.receiver``)."""
+
+    def media_type(self, content_type: bytes | None) -> bytes:
+        """The export's media type, or an ``IngestionError`` (415)."""
+        ...
+
+    def accept(self, signal: str, media: bytes, body: bytes) -> ExportAccepted:
+        """The export decoded, or an ``IngestionError`` (400)."""
+        ...
+
+    def stored(self) -> None:
+        """An export was journaled."""
+
+
+class ExportAccepted(Protocol):
+    """An OTLP export to journal (unless ``body`` is empty), and its answer."""
+
+    @property
+    def source(self) -> str: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def events(self) -> int: ...
+    @property
+    def reply(self) -> bytes: ...
+    @property
+    def content_type(self) -> bytes: ...
 
 
 class RequestMetrics(Protocol):
@@ -179,8 +220,10 @@ class IngestionApp:
         cors_origins: Sequence[str],
         readiness: Callable[[], dict[str, Any]] = dict,
         access: OperatorAccess | None = None,
+        exports: Exports | None = None,
     ) -> None:
         self._keys = keys
+        self._exports = exports
         self._access = access or OperatorAccess()
         self._readiness_details = readiness
         self._journal = journal
@@ -204,7 +247,13 @@ class IngestionApp:
             self._handle,
             allow_origins=cors_origins,
             allow_methods=("GET", "POST", "OPTIONS"),
-            allow_headers=("content-type", "content-encoding", "x-api-key", "idempotency-key"),
+            allow_headers=(
+                "content-type",
+                "content-encoding",
+                "x-api-key",
+                "authorization",
+                "idempotency-key",
+            ),
             max_age=3600,
         )
 
@@ -281,7 +330,7 @@ class IngestionApp:
             return
         except Exception:  # a bug of ours: say so without leaking internals
             log.exception("unhandled error on %s %s", scope["method"], exchange.path)
-            if exchange.endpoint in PUBLISH:
+            if exchange.endpoint in _BATCHES:
                 exchange.reason = "internal_error"
             exchange.status = 500
             await _respond(send, 500, b'{"detail":"Internal server error."}', _JSON, cors)
@@ -292,7 +341,7 @@ class IngestionApp:
     async def _refuse(
         self, send: Send, exchange: Exchange, error: IngestionError, cors: Headers
     ) -> None:
-        if exchange.endpoint in PUBLISH and not isinstance(error, MethodNotAllowed):
+        if exchange.endpoint in _BATCHES and not isinstance(error, MethodNotAllowed):
             exchange.reason = error.reason
         exchange.status = error.status
         body = _encode({"detail": error.detail})
@@ -305,6 +354,10 @@ class IngestionApp:
             if method != "POST":
                 raise MethodNotAllowed("POST")
             return await self._publish(scope, receive, PUBLISH[path], exchange)
+        if path in OTLP and self._exports is not None:
+            if method != "POST":
+                raise MethodNotAllowed("POST")
+            return await self._export(scope, receive, OTLP[path], self._exports, exchange)
         if path in self._gets:
             if method not in ("GET", "HEAD"):
                 raise MethodNotAllowed("GET, HEAD")
@@ -349,6 +402,29 @@ class IngestionApp:
             return 200, b'{"status":"success","events":%d}' % events, _JSON
         exchange.duplicate = True
         return 200, b'{"status":"success","events":%d,"duplicate":true}' % events, _JSON
+
+    async def _export(
+        self, scope: Scope, receive: Receive, signal: str, exports: Exports, exchange: Exchange
+    ) -> Reply:
+        """An OTLP/HTTP export: journaled as it came (spans become events later, once their
+        trace can be resolved), answered in its own media type."""
+        received_at = now_us()
+        headers = _single_valued(scope["headers"])
+        project = await self._keys.project_for(_otlp_key(headers))
+        exchange.project = project
+        media = exports.media_type(headers.get(b"content-type"))
+        with self._budget.hold() as hold:
+            body = await read_body(receive, headers, self._max_body_bytes, hold)
+            exchange.body_bytes = len(body)
+            accepted = exports.accept(signal, media, body)
+            if accepted.events:
+                self._rate.take(project, accepted.events)
+            if accepted.body:
+                await self._journal.append(
+                    project, accepted.source, accepted.body, received_at, items=()
+                )
+                exports.stored()
+        return 200, accepted.reply, ((b"content-type", accepted.content_type),)
 
     async def _readiness(self, scope: Scope) -> Reply:
         """Ready while batches can be stored; the details, for operators only, say how the
@@ -430,6 +506,16 @@ def _single_valued(raw: Headers) -> dict[bytes, bytes]:
                     raise DuplicateHeader(name.decode())
                 seen.add(name)
     return headers
+
+
+def _otlp_key(headers: dict[bytes, bytes]) -> str | None:
+    """The key of an OTLP exporter: ``x-api-key`` (``OTEL_EXPORTER_OTLP_HEADERS``), else
+    ``Authorization: Bearer <key>``."""
+    key = _header(headers, b"x-api-key")
+    if key is not None:
+        return key
+    scheme, _, credentials = (_header(headers, b"authorization") or "").partition(" ")
+    return credentials if scheme.lower() == "bearer" else None
 
 
 def _idempotency_key(headers: dict[bytes, bytes]) -> str | None:

@@ -32,6 +32,9 @@ from ..ingest.limits import PayloadLimits
 from ..ingest.ratelimit import RateLimiter
 from ..keys import KeyStore, KeyStoreUnavailable, PolledKeyCache, open_key_cache, open_key_store
 from ..keys.model import key_problem, weakness
+from ..otlp.counts import OtlpCounts
+from ..otlp.receiver import Receiver
+from ..otlp.resolver import Resolver
 from ..store import sqlite as store
 from ..store.journal import Journal
 from . import logs
@@ -87,8 +90,14 @@ def serve(settings: Settings, *, warnings: Sequence[str] = ()) -> None:
         for child in background_children(settings):
             child.start()
             opened.callback(child.stop)
+        exports = _start_otlp(settings, metrics, opened)
         app = build_app(
-            settings, keys=cache, journal=journal, metrics=metrics, readiness=status.readiness
+            settings,
+            keys=cache,
+            journal=journal,
+            metrics=metrics,
+            readiness=status.readiness,
+            exports=exports,
         )
         opened.callback(app.close)  # counts and logs what the loop answered last
         log.info("starting", extra={"fields": startup_fields(settings)})
@@ -97,6 +106,16 @@ def serve(settings: Settings, *, warnings: Sequence[str] = ()) -> None:
         _exit_zero_on_stop_signals()
         _tune_gc()
         uvicorn.Server(config).run()
+
+
+def _start_otlp(settings: Settings, metrics: Metrics, opened: contextlib.ExitStack) -> Receiver:
+    """The OTLP receiver, and the resolver thread that turns its exports into events."""
+    counts = OtlpCounts()
+    metrics.registry.register(counts)
+    resolver = Resolver(settings.database_path, window_s=settings.otlp_window_s, counts=counts)
+    resolver.start()
+    opened.callback(resolver.close)
+    return Receiver(counts, resolver.wake)
 
 
 def _tune_gc() -> None:
@@ -128,9 +147,11 @@ def build_app(
     journal: http.Journal,
     metrics: Metrics | None = None,
     readiness: Callable[[], dict[str, Any]] = dict,
+    exports: http.Exports | None = None,
 ) -> http.IngestionApp:
     """The ingestion app, configured by ``settings``. Without ``metrics``, it makes its own;
-    ``readiness`` adds details to ``/readyz`` (the forwarding backlog, the key registry)."""
+    ``readiness`` adds details to ``/readyz`` (the forwarding backlog, the key registry);
+    without ``exports`` (an OTLP receiver), the OTLP endpoints are not served."""
     return http.IngestionApp(
         keys=keys,
         readiness=readiness,
@@ -150,6 +171,7 @@ def build_app(
         access_log=AccessLog() if settings.access_log else None,
         cors_origins=settings.cors_origins,
         access=OperatorAccess(settings.metrics_token),
+        exports=exports,
     )
 
 

@@ -138,7 +138,7 @@ def _micros(moments: list[datetime]) -> list[int]:
 
 def _event_row(item: Event, project: str, received_at: int, event_id: str) -> EventRow:
     at = to_micros(item.timestamp)
-    return _row(
+    return make_row(
         event_id, project, item.user_id, item.event, at, item.properties or {}, received_at, "event"
     )
 
@@ -163,10 +163,10 @@ def _llm_rows(
     prompt_name = item.prompt_event_name or PROMPT_EVENT
     generation_name = item.generation_event_name or GENERATION_EVENT
     return (
-        _row(
+        make_row(
             prompt_id, project, item.user_id, prompt_name, prompted_at, prompt, received_at, "llm"
         ),
-        _row(
+        make_row(
             generation_id,
             project,
             item.user_id,
@@ -179,7 +179,7 @@ def _llm_rows(
     )
 
 
-def _row(
+def make_row(
     event_id: str,
     project: str,
     user_id: str,

@@ -309,9 +309,9 @@ def insert(
     digests: Sequence[bytes | None] | None = None,
 ) -> None:
     """Store the entries as the next batches (numbered from ``first``, by default the next
-    number), with their dedup fingerprints if given, in the caller's transaction. They are
-    numbered here, not by SQLite, so that bodies and dedup can use the numbers: the journal
-    is the only writer."""
+    number), with their dedup fingerprints if given, in the caller's write transaction,
+    which no other writer of batches (the OTLP resolver) can interleave. They are numbered
+    here, not by SQLite, so that bodies and dedup can use the numbers."""
     first = _next_batch(conn) if first is None else first
     numbers = range(first, first + len(entries))
     conn.executemany(
