@@ -21,11 +21,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Protocol
 
 from ..config import DEFAULTS
 from ..errors import IdempotencyConflict, StorageUnavailable
-from ..schema import Item, Source
+from ..schema import Item
 from .dedup import RecentBatches, Verdict, fingerprint
 from .expand import span
 from .sqlite import connect, transaction
@@ -311,7 +311,7 @@ def insert(conn: sqlite3.Connection, entries: Sequence[NewBatch], first: int | N
                 e.project,
                 e.source,
                 e.received_at,
-                *span(e.items, cast(Source, e.source), e.received_at),
+                *span(e.items, e.source, e.received_at),
             )
             for n, e in zip(numbers, entries, strict=True)
         ],
