@@ -2,7 +2,8 @@
 
 Rooms (folders) and leaves (shared vocabulary at the top level)::
 
-    leaves   clock config errors schema urls pg     import only leaves
+    leaves   clock config errors schema segment     import only leaves
+             urls pg
     ingest/  request -> ack                         leaves
     store/   durable on this node                   leaves
     keys/    key -> project                         leaves, store.sqlite (where local keys live)
@@ -26,7 +27,7 @@ import pytest
 
 PACKAGE = "trubrics_ingestion"
 ROOT = Path(__file__).resolve().parent.parent / "src" / PACKAGE
-LEAVES = {"clock", "config", "errors", "schema", "urls", "pg"}
+LEAVES = {"clock", "config", "errors", "schema", "segment", "urls", "pg"}
 ALLOWED: dict[str, set[str]] = {
     "leaf": {"leaf"},
     "ingest": {"leaf", "ingest"},

@@ -39,7 +39,8 @@ from ..errors import (
     NotFound,
     ShuttingDown,
 )
-from ..schema import Item, Source
+from ..schema import Item
+from . import clients
 from .access import OperatorAccess
 from .body import BodyBudget, ClientDisconnected, Hold, read_body
 from .limits import PayloadLimits
@@ -57,14 +58,15 @@ ENDPOINTS = (  # every route, as labelled in metrics
     "/publish_llm_events",
     "/v1/traces",
     "/v1/logs",
+    *clients.ENDPOINTS,
     "/healthz",
     "/readyz",
     "/openapi.json",
     "/metrics",
     "other",  # anything else (404s): paths are the client's to choose, labels are not
 )
-PUBLISH: dict[str, Source] = {"/publish_events": "event", "/publish_llm_events": "llm"}
-EXPANSION: dict[Source, int] = {"event": 1, "llm": 2}  # stored events per item
+PUBLISH = {"/publish_events": "event", "/publish_llm_events": "llm", **clients.SOURCES}
+EXPANSION = {"event": 1, "llm": 2, **clients.EXPANSION}  # stored events per item; 0: it varies
 OTLP = {"/v1/traces": "traces", "/v1/logs": "logs"}  # OpenTelemetry's exports, by signal
 _BATCHES = frozenset((*PUBLISH, *OTLP))  # where a refusal is a batch refused (in metrics)
 CLOSED_BY_CLIENT = 499  # nginx's status for a client gone before its answer: logs only
@@ -365,11 +367,14 @@ class IngestionApp:
         raise NotFound()
 
     async def _publish(
-        self, scope: Scope, receive: Receive, source: Source, exchange: Exchange
+        self, scope: Scope, receive: Receive, source: str, exchange: Exchange
     ) -> Reply:
         received_at = now_us()
         headers = _single_valued(scope["headers"])
-        project = await self._keys.project_for(_header(headers, b"x-api-key"))
+        key = _header(headers, b"x-api-key")
+        if key is None and source in clients.KEY_IN_QUERY:
+            key = clients.query_key(scope)
+        project = await self._keys.project_for(key)
         exchange.project = project
         with self._budget.hold() as hold:
             return await self._accept(
@@ -379,7 +384,7 @@ class IngestionApp:
     async def _accept(
         self,
         project: str,
-        source: Source,
+        source: str,
         headers: dict[bytes, bytes],
         receive: Receive,
         hold: Hold,
@@ -388,11 +393,14 @@ class IngestionApp:
     ) -> Reply:
         body = await read_body(receive, headers, self._max_body_bytes, hold)
         exchange.body_bytes = len(body)
-        items = self._limits.decode(body, source)
+        if source in clients.DECODED:
+            items = clients.decode(self._limits, body, source, received_at)
+        else:
+            items = self._limits.decode(body, source)
         idempotency_key = _idempotency_key(headers)
         if not items:
             return 200, b'{"status":"success","events":0}', _JSON
-        events = len(items) * EXPANSION[source]
+        events = len(items) * EXPANSION[source] or clients.events(items)
         self._rate.take(project, events)
         stored = await self._journal.append(
             project, source, body, received_at, idempotency_key, items=items

@@ -22,16 +22,16 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
-from typing import Annotated, NamedTuple, cast
+from typing import Annotated, NamedTuple
 
 import msgspec
 from msgspec import Meta
 
 from ..clock import now_us
-from ..schema import MAX_BATCH_ITEMS, EventFields, Source, decode_batch
+from ..schema import MAX_BATCH_ITEMS, EventFields
 from . import genai
 from .codec import unpack
-from .expand import EventRow, expand, expand_events
+from .expand import EventRow, expand, expand_events, items_of
 from .ids import batch_ids, id_factory
 from .sqlite import meta, transaction
 from .upgrade import LEGACY_ROWS
@@ -91,7 +91,7 @@ def _plain_events(stored: Stored, node: int) -> list[EventRow]:
 
 def _events(stored: Stored, node: int) -> list[EventRow]:
     """The way of every batch: decoded as a request is, then expanded event by event."""
-    items = decode_batch(stored.body, cast(Source, stored.source))
+    items = items_of(stored.body, stored.source, stored.received_at)
     new_id = id_factory(stored.received_at // 1000, stored.batch, node)
     return list(
         expand(items, project=stored.project, received_at=stored.received_at, new_id=new_id)

@@ -21,11 +21,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Protocol
 
 from ..config import DEFAULTS
 from ..errors import IdempotencyConflict, StorageUnavailable
-from ..schema import Item, Source
+from ..schema import Item
 from .codec import LZ4, pack
 from .dedup import RecentBatches, Verdict, fingerprint
 from .expand import span
@@ -322,7 +322,7 @@ def insert(
                 e.project,
                 e.source,
                 e.received_at,
-                *span(e.items, cast(Source, e.source), e.received_at),
+                *span(e.items, e.source, e.received_at),
                 digest,
             )
             for n, e, digest in zip(numbers, entries, digests or [None] * len(entries), strict=True)
