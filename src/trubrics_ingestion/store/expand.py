@@ -81,9 +81,11 @@ def span(items: Sequence[Item], source: str, received_at: int) -> Span:
 
 
 def _mixed_span(items: Sequence[Item], received_at: int) -> Span:
-    """The span of a batch holding plain and LLM events: each kind's, joined."""
+    """The span of a batch holding plain and LLM events: each kind's, joined. Anything
+    not a plain event is timed as an LLM event (OTLP's resolved calls, ``genai.py``, have
+    its ``timestamp`` and ``latency``)."""
     plain = [item for item in items if isinstance(item, Event)]
-    llm = [item for item in items if isinstance(item, LLMEvent)]
+    llm = [item for item in items if not isinstance(item, Event)]
     kinds = (("event", plain), ("llm", llm))
     parts = [span(group, kind, received_at) for kind, group in kinds if group]
     return Span(
