@@ -33,6 +33,11 @@ one end-to-end figure, a node serving with ``--forward-to`` both engines under w
 (bench/end_to_end.py). Every engine is checked to hold exactly the events it was sent,
 each once.
 
+Then OTLP against ``/publish_llm_events`` (bench/otlp.py): the same LLM calls, 100 a
+request, as protobuf exports of GenAI spans or as LLM events, each to a fresh node: events
+stored per second until the resolver has stored them all, and the node's CPU per call
+(``--no-otlp`` skips it; it takes about a minute).
+
 The console (bench/console.py): the node loaded with 5 live viewers of its console open
 against none, for events/s, p99 and CPU per event (``--console-rounds 0`` skips it).
 
@@ -65,6 +70,7 @@ import big_store
 import console
 import end_to_end
 import forward
+import otlp
 from node import (
     BENCH,
     EVENTS_PER_REQUEST,
@@ -106,6 +112,7 @@ class Options:
     end_to_end_s: int
     console_rounds: int
     big_store_events: int
+    otlp: bool
     output: Path
 
     @property
@@ -410,6 +417,9 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--no-big-store", action="store_true", help="skip reading a big store (bench/big_store.py)"
     )
+    parser.add_argument(
+        "--no-otlp", action="store_true", help="skip OTLP against /publish_llm_events"
+    )
     parser.add_argument("--output", type=Path, default=BENCH / "results" / "latest.json")
     parser.add_argument(
         "--quick",
@@ -435,6 +445,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         end_to_end_s=args.end_to_end,
         console_rounds=args.console_rounds,
         big_store_events=0 if args.no_big_store else args.big_store_events,
+        otlp=not args.no_otlp,
         output=args.output,
     )
 
@@ -502,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         if opts.forward_rounds:
             summary.update(engine_stages(opts, Path(tmp), store))
+        if opts.otlp:
+            summary["otlp"] = otlp.measure(Path(tmp))
         if opts.big_store_events:
             summary["big_store"] = big_store.measure(opts.big_store_events, Path(tmp))
     print_table(summary, opts)
@@ -518,6 +531,9 @@ def main(argv: list[str] | None = None) -> int:
         e2e = summary["end_to_end"]
         end_to_end.print_summary(e2e, summary["node"]["events_per_s"])
         ok = ok and e2e["verified"] and e2e["non200"] == 0
+    if "otlp" in summary:
+        otlp.print_summary(summary["otlp"])
+        ok = ok and summary["otlp"]["verified"]
     if "big_store" in summary:
         big_store.print_summary(summary["big_store"])
         ok = ok and summary["big_store"].get("verified", True)

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Install the pinned Trubrics JS SDK into tests/node for tests/test_js_sdk.py.
-# Idempotent: a no-op when the pinned version is already installed, so `make test` stays fast.
+# Install the pinned Node packages into tests/node: the Trubrics JS SDK (tests/test_js_sdk.py),
+# OpenTelemetry's packages (tests/test_otlp_apps.py) and Segment's action destinations
+# (tests/test_segment_destination.py). The override in package.json pins
+# @aws-sdk/client-kinesis (used by another destination, never loaded) to a release the
+# registry serves: the one @segment/action-destinations asks for is not there.
+# Idempotent: a no-op when every pinned version is already installed, so `make test` stays fast.
 set -euo pipefail
 cd "$(dirname "$0")/node"
 
@@ -11,13 +15,17 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nodejs npm >/dev/null
 fi
 
-pinned=$(node -p 'require("./package.json").dependencies["@trubrics/trubrics"]')
-installed=$(node -p 'require("./node_modules/@trubrics/trubrics/package.json").version' 2>/dev/null || true)
-[[ $installed == "$pinned" ]] && exit 0
+# Every pinned dependency whose installed version differs (or is missing): none, nothing to do.
+stale=$(node -p '
+  Object.entries(require("./package.json").dependencies).filter(([name, pinned]) => {
+    try { return require(`./node_modules/${name}/package.json`).version !== pinned; }
+    catch { return true; }
+  }).map(([name, pinned]) => `${name}@${pinned}`).join(" ")')
+[[ -z $stale ]] && exit 0
 
 if [[ -f package-lock.json ]]; then
   npm ci --no-audit --no-fund --loglevel=error
 else
   npm install --no-audit --no-fund --loglevel=error
 fi
-echo "setup-node.sh: installed @trubrics/trubrics@$pinned with node $(node --version)"
+echo "setup-node.sh: installed $stale with node $(node --version)"

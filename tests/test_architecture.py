@@ -2,11 +2,13 @@
 
 Rooms (folders) and leaves (shared vocabulary at the top level)::
 
-    leaves   clock config errors schema urls pg     import only leaves
+    leaves   clock config errors schema segment     import only leaves
+             urls pg
     ingest/  request -> ack                         leaves
     store/   durable on this node                   leaves
     keys/    key -> project                         leaves, store.sqlite (where local keys live)
     forward/ node -> engines                        leaves, store
+    otlp/    OpenTelemetry exports -> events        leaves, store
     console/ the console in the browser             leaves, store, keys, forward (engine reads)
     node/    the process: wires everything          anything but cli
     cli      the command line                       anything; the only one that imports node
@@ -26,16 +28,17 @@ import pytest
 
 PACKAGE = "trubrics_ingestion"
 ROOT = Path(__file__).resolve().parent.parent / "src" / PACKAGE
-LEAVES = {"clock", "config", "errors", "schema", "urls", "pg"}
+LEAVES = {"clock", "config", "errors", "schema", "segment", "urls", "pg"}
 ALLOWED: dict[str, set[str]] = {
     "leaf": {"leaf"},
     "ingest": {"leaf", "ingest"},
     "store": {"leaf", "store"},
     "keys": {"leaf", "keys", "store.sqlite"},
     "forward": {"leaf", "forward", "store"},
+    "otlp": {"leaf", "otlp", "store"},
     "console": {"leaf", "console", "store", "keys", "forward"},
-    "node": {"leaf", "ingest", "store", "keys", "forward", "console", "node"},
-    "cli": {"leaf", "ingest", "store", "keys", "forward", "console", "node", "cli"},
+    "node": {"leaf", "ingest", "store", "keys", "forward", "otlp", "console", "node"},
+    "cli": {"leaf", "ingest", "store", "keys", "forward", "otlp", "console", "node", "cli"},
     "__main__": {"cli"},
     "__init__": set(),
 }

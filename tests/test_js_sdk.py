@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 
 from support.node import Node
+from support.nodejs import NODE_DIR, node_with
 
-NODE_DIR = Path(__file__).parent / "node"
 SDK = "@trubrics/trubrics"
 STORED_FIELDS = {
     "id",
@@ -86,26 +84,10 @@ LLM_EVENTS: list[dict[str, Any]] = [
 ]
 
 
-def _unavailable(reason: str) -> NoReturn:
-    """CI must run these tests, so there a missing runtime fails; locally it skips."""
-    message = f"{reason}; run tests/setup-node.sh"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def node_bin() -> str:
     """The ``node`` executable, once the pinned SDK is known to be installed."""
-    node = shutil.which("node")
-    if node is None:
-        _unavailable("node is not installed")
-    pinned = json.loads((NODE_DIR / "package.json").read_text())["dependencies"][SDK]
-    installed = NODE_DIR / "node_modules" / SDK / "package.json"
-    version = json.loads(installed.read_text())["version"] if installed.is_file() else None
-    if version != pinned:
-        _unavailable(f"{SDK}@{pinned} is not installed in {NODE_DIR} (found {version})")
-    return node
+    return node_with(SDK)
 
 
 def publish(node_bin: str, node: Node, scenario: dict[str, Any], host: str) -> list[dict[str, Any]]:
@@ -247,3 +229,32 @@ def test_batch_of_150_is_stored_exactly_once(node_bin: str, node: Node) -> None:
     assert [row["user_id"] for row in rows] == [event["user_id"] for event in events]
     assert [row["timestamp"] for row in rows] == [stored_time(e["timestamp"]) for e in events]
     assert len({row["id"] for row in rows}) == 150
+
+
+@HOST_STYLES
+def test_the_source_property_that_0_5_28_adds_is_kept(node: Node, prefix: str) -> None:
+    """@trubrics/trubrics 0.5.28 adds ``properties.source = "js_sdk_0.5.28"`` to every
+    event, and lets ``trackLLM`` send a ``thread_id`` and no ``assistant_id``
+    (trubrics/trubrics-js, commits 9593a74 and eb8fd39). The npm registry reachable here
+    serves 0.5.25 only (``npm view @trubrics/trubrics versions``), so these are the bodies
+    0.5.28 posts, built as its ``track``/``trackLLM`` build them: ``source`` is stored as an
+    ordinary property, and the stored ``source`` column still says what kind of event it is."""
+    source = {"source": "js_sdk_0.5.28"}
+    event = {**EVENTS[0], "properties": {**EVENTS[0]["properties"], **source}}
+    llm = {
+        "user_id": "user-1",
+        "prompt": "What is 2+2?",
+        "generation": "4",
+        "thread_id": "thread-9",
+        "latency": 3,
+        "timestamp": "2024-05-01T12:00:00.500Z",
+        "properties": source,
+    }
+    assert node.post(prefix + "/publish_events", [event]).status_code == 200
+    assert node.post(prefix + "/publish_llm_events", [llm]).status_code == 200
+    stored, prompt, generation = node.export()
+    assert (stored["properties"], stored["source"]) == (event["properties"], "event")
+    for row in (prompt, generation):
+        assert row["properties"]["source"] == "js_sdk_0.5.28" and row["source"] == "llm"
+        assert row["thread_id"] == "thread-9"
+    assert generation["properties"]["$assistant_id"] is None

@@ -33,6 +33,7 @@ DEDUP = "dedup"
 KEYS = "keys"
 FORWARDING = "forwarding"
 METRICS = "metrics"
+OTLP = "otlp"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,6 +182,16 @@ class Settings:
             group=DEDUP,
             help="Batches remembered for that at most (~280 bytes each); the oldest go first",
             low=1,
+        ),
+    )
+    otlp_window_s: float = setting(
+        30.0,
+        Option(
+            group=OTLP,
+            help="How long a GenAI span of OTLP waits for its trace's root span (which often"
+            " names the user) before it is stored without",
+            low=0,
+            high=3600,
         ),
     )
     registry: str | None = setting(

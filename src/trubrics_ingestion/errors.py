@@ -83,6 +83,19 @@ class UnsupportedEncoding(IngestionError):
     detail = "Unsupported Content-Encoding: only gzip and identity are accepted."
 
 
+class UnsupportedContentType(IngestionError):
+    status = 415
+    reason = "unsupported_content_type"
+    detail = "Unsupported Content-Type: OTLP/HTTP is application/x-protobuf or application/json."
+
+
+class InvalidOtlp(IngestionError):
+    """An OTLP/HTTP body that is not an export of the endpoint's signal."""
+
+    status = 400
+    reason = "invalid_otlp"
+
+
 class InvalidIdempotencyKey(IngestionError):
     status = 400
     reason = "invalid_idempotency_key"
@@ -184,6 +197,8 @@ REJECTION_REASONS = (
     "too_deep",
     "payload_too_large",
     "unsupported_encoding",
+    "unsupported_content_type",
+    "invalid_otlp",
     "invalid_gzip",
     "invalid_idempotency_key",
     "duplicate_header",

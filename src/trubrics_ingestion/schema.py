@@ -18,7 +18,9 @@ judged like any other; the slow path runs the same check.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from functools import partial
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -94,24 +96,27 @@ class LLMEvent(Struct):
 
 Source = Literal["event", "llm"]  # which endpoint a batch came to: stored as `source`
 Item = Event | LLMEvent
-STRUCTS: dict[Source, type[Event] | type[LLMEvent]] = {"event": Event, "llm": LLMEvent}
+STRUCTS: dict[str, type[Event] | type[LLMEvent]] = {"event": Event, "llm": LLMEvent}
 _DECODERS = {
     source: msgspec.json.Decoder(Annotated[list[struct], Meta(max_length=MAX_BATCH_ITEMS)])  # type: ignore[valid-type]
     for source, struct in STRUCTS.items()
 }
 _FIELDS = {source: msgspec.structs.fields(struct) for source, struct in STRUCTS.items()}
+ItemErrors = Callable[[int, Any], list[dict[str, Any]]]  # (index, item as decoded JSON) -> errors
+Fields = tuple[msgspec.structs.FieldInfo, ...]
 
 
-def decode_batch(body: bytes, source: Source) -> list[Item]:
+def decode_batch(body: bytes, source: str) -> list[Item]:
     """Decode and validate a whole batch, or raise ``InvalidPayload`` naming every error."""
     try:
         return _DECODERS[source].decode(body)  # type: ignore[no-any-return]
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-        raise InvalidPayload(list(_all_errors(body, source))) from None
+        raise InvalidPayload(batch_errors(body, partial(_item_errors, source=source))) from None
 
 
-def _all_errors(body: bytes, source: Source) -> list[dict[str, Any]]:
-    """The slow path: find every problem in a body that failed the fast path."""
+def batch_errors(body: bytes, item_errors: ItemErrors) -> list[dict[str, Any]]:
+    """The slow path: find every problem in a body that failed the fast path, the errors
+    of each item as ``item_errors(index, item)`` finds them."""
     try:
         items = msgspec.json.decode(body)
     except msgspec.ValidationError as exc:  # a number too large for a float
@@ -125,32 +130,64 @@ def _all_errors(body: bytes, source: Source) -> list[dict[str, Any]]:
     if len(items) > MAX_BATCH_ITEMS:
         msg = f"A batch holds at most {MAX_BATCH_ITEMS} items, got {len(items)}."
         return [_error(["body"], msg, "too_long")]
-    errors = [
-        error for index, item in enumerate(items) for error in _item_errors(index, item, source)
-    ]
+    errors = [error for index, item in enumerate(items) for error in item_errors(index, item)]
     return errors or [_error(["body"], "Invalid payload.", "value_error")]
 
 
-def _item_errors(index: int, item: Any, source: Source) -> list[dict[str, Any]]:
+def _item_errors(index: int, item: Any, source: str) -> list[dict[str, Any]]:
+    errors, values = field_errors(index, item, _FIELDS[source])
+    judged = not failed(errors) & {"timestamp", "latency"}
+    if judged and not storable(values.get("timestamp"), values.get("latency")):
+        errors.append(out_of_range(index))
+    return errors
+
+
+def field_errors(
+    index: int,
+    item: Any,
+    fields: Fields,
+    nested: Mapping[str, Fields] | None = None,
+    within: tuple[str, ...] = (),
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The errors of item ``index``'s fields, each converted alone (all of them: msgspec
+    stops at the first), and the values of those that converted. An object given for a
+    field in ``nested`` has the errors of its own fields, each named."""
     if not isinstance(item, dict):
-        return [_error(["body", index], "Input should be a valid object.", "dict_type")]
+        return [_error(["body", index], "Input should be a valid object.", "dict_type")], {}
     errors = []
     values: dict[str, Any] = {}
-    for field in _FIELDS[source]:
-        loc: list[str | int] = ["body", index, field.name]
+    for field in fields:
+        loc: list[str | int] = ["body", index, *within, field.name]
         if field.name not in item:
             if field.required:
                 errors.append(_error(loc, "Field required.", "missing"))
             continue
+        value = item[field.name]
+        if nested and field.name in nested and isinstance(value, dict):
+            inner, _ = field_errors(index, value, nested[field.name], None, (*within, field.name))
+            errors.extend(inner)
+            if inner:
+                continue
         try:
-            values[field.name] = msgspec.convert(item[field.name], field.type)
+            values[field.name] = msgspec.convert(value, field.type)
         except msgspec.ValidationError as exc:
             errors.append(_validation_error(loc, str(exc)))
-    judged = not {error["loc"][2] for error in errors} & {"timestamp", "latency"}
-    if judged and not storable(values.get("timestamp"), values.get("latency")):
-        loc = ["body", index, "timestamp"]
-        errors.append(_error(loc, TIME_RANGE_MSG + ".", "datetime_out_of_range"))
-    return errors
+    return errors, values
+
+
+def failed(errors: list[dict[str, Any]]) -> set[str]:
+    """The fields that ``errors`` name (none for an item that is not an object)."""
+    return {error["loc"][2] for error in errors if len(error["loc"]) > 2}
+
+
+def out_of_range(index: int) -> dict[str, Any]:
+    """Item ``index``'s event (or its prompt) would leave years 1 to 9999."""
+    return item_error(index, "timestamp", TIME_RANGE_MSG + ".", "datetime_out_of_range")
+
+
+def item_error(index: int, field: str | None, msg: str, kind: str) -> dict[str, Any]:
+    """A problem of item ``index`` (of its ``field``), as the 422 names it."""
+    return _error(["body", index] if field is None else ["body", index, field], msg, kind)
 
 
 _PATH = re.compile(r" - at `\$(.*)`$")

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import msgspec
 
 from ..clock import format_time
-from ..schema import Item, Source
+from ..schema import Item
 from ..store.expand import expand
 
 LIVE_EVENTS_PER_S = 500  # events expanded for the viewers, all together; beyond: skipped
@@ -52,7 +52,7 @@ class Answered(Protocol):
     @property
     def path(self) -> str: ...
     @property
-    def stored(self) -> tuple[Source, Sequence[Item], int] | None:
+    def stored(self) -> tuple[str, Sequence[Item], int] | None:
         """An acknowledged batch: its source, decoded items and receive time."""
         ...
 
@@ -195,11 +195,11 @@ class LiveFeed:
                 if granted < events:
                     skipped[project] = skipped.get(project, 0) + events - granted
                 if granted:
-                    yield from _events(project, *stored, events, granted)
+                    yield from _events(project, *stored[1:], events, granted)
 
 
 def _events(
-    project: str, source: Source, items: Sequence[Item], received_at: int, events: int, granted: int
+    project: str, items: Sequence[Item], received_at: int, events: int, granted: int
 ) -> Iterator[Entry]:
     """The first ``granted`` of the batch's events (whole items: an LLM one makes two)."""
     kept = items[: -(-granted // (events // len(items)))]  # whole items: LLM ones are 2
@@ -220,7 +220,7 @@ def _events(
                     "event": row.event,
                     "user_id": row.user_id,
                     "thread_id": row.thread_id,
-                    "source": source,
+                    "source": row.source,
                     "properties": row.properties[:MAX_TEXT_CHARS],
                 }
             ),

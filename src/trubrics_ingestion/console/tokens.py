@@ -3,7 +3,7 @@ their SHA-256 (``keys.model.hash_key``), in the node's store or in the shared re
 
 A token opens the console and nothing else; a project key never opens it (keys are
 write-only). Tokens live in a table of their own, beside the keys: in the node's SQLite
-store (``console_tokens``, schema v8) or, when nodes share keys, in the registry's
+store (``console_tokens``, schema v9) or, when nodes share keys, in the registry's
 PostgreSQL (``trubrics_console_tokens``, migrated as its own component), so a token made
 once signs in on every node. Checking one reuses the keys' lookup (``KeyTable``: hash,
 then a constant-time comparison).

@@ -1,8 +1,9 @@
 """The forwarder's state in the node's SQLite file: one cursor per engine, and pruning.
 
 A cursor is the number of the last batch an engine confirmed (with every batch before
-it). Batch numbers are handed out in commit order by the journal, its only writer, and
-never reused (AUTOINCREMENT), so "batch > cursor" is exactly "not yet delivered".
+it). Batch numbers are handed out in commit order, inside the write transaction of the one
+that stores them (the journal, or the OTLP resolver), and never reused (AUTOINCREMENT), so
+"batch > cursor" is exactly "not yet delivered".
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..clock import now_us
-from ..store import batches
+from ..store import batches, genai
 from ..store.sqlite import transaction
 
 PRUNE_CHUNK = 50  # batches per delete transaction (about 5,000 events, as before): a brief lock
@@ -99,10 +100,10 @@ def prune(
     deleted = 0
     while True:
         with transaction(conn):
-            found = conn.execute(
+            found = conn.execute(  # and no OTLP export the resolver has not read yet
                 "SELECT batch, events FROM batches WHERE batch <= ? AND received_at < ?"
-                " ORDER BY batch LIMIT ?",
-                (delivered, cutoff, PRUNE_CHUNK),
+                " AND NOT (source = ? AND batch > ?) ORDER BY batch LIMIT ?",
+                (delivered, cutoff, genai.EXPORT, genai.resolved_through(conn), PRUNE_CHUNK),
             ).fetchall()
             batches.delete(conn, [batch for batch, _ in found])
         deleted += sum(int(events) for _, events in found)

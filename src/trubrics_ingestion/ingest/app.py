@@ -42,7 +42,8 @@ from ..errors import (
     NotFound,
     ShuttingDown,
 )
-from ..schema import Item, Source
+from ..schema import Item
+from . import clients
 from .access import OperatorAccess
 from .body import BodyBudget, ClientDisconnected, Hold, read_body
 from .limits import PayloadLimits
@@ -58,6 +59,9 @@ PREFIX = "/api/ingestion"  # the hosted service's path; both host styles work
 ENDPOINTS = (  # every route, as labelled in metrics
     "/publish_events",
     "/publish_llm_events",
+    "/v1/traces",
+    "/v1/logs",
+    *clients.ENDPOINTS,
     "/healthz",
     "/readyz",
     "/openapi.json",
@@ -65,8 +69,10 @@ ENDPOINTS = (  # every route, as labelled in metrics
     "/console",  # every page, asset and stream of the console
     "other",  # anything else (404s): paths are the client's to choose, labels are not
 )
-PUBLISH: dict[str, Source] = {"/publish_events": "event", "/publish_llm_events": "llm"}
-EXPANSION: dict[Source, int] = {"event": 1, "llm": 2}  # stored events per item
+PUBLISH = {"/publish_events": "event", "/publish_llm_events": "llm", **clients.SOURCES}
+EXPANSION = {"event": 1, "llm": 2, **clients.EXPANSION}  # stored events per item; 0: it varies
+OTLP = {"/v1/traces": "traces", "/v1/logs": "logs"}  # OpenTelemetry's exports, by signal
+_BATCHES = frozenset((*PUBLISH, *OTLP))  # where a refusal is a batch refused (in metrics)
 CONSOLE = "/console"
 CLOSED_BY_CLIENT = 499  # nginx's status for a client gone before its answer: logs only
 MAX_LOGGED_PATH = 256  # a 404's path is the client's text: bounded in the access log
@@ -76,7 +82,14 @@ _TEXT: Headers = ((b"content-type", CONTENT_TYPE_LATEST.encode()),)
 _EXCHANGE = "trubrics.exchange"
 # Headers read as one value: a second copy is refused, never silently preferred.
 SINGLE_VALUED = frozenset(
-    (b"x-api-key", b"content-encoding", b"content-length", b"idempotency-key")
+    (
+        b"x-api-key",
+        b"authorization",
+        b"content-type",
+        b"content-encoding",
+        b"content-length",
+        b"idempotency-key",
+    )
 )
 _KNOWN = frozenset(ENDPOINTS)
 _encode = msgspec.json.Encoder().encode
@@ -107,6 +120,36 @@ class Journal(Protocol):
         """True when stored, False when the batch repeats one already stored."""
 
     def ready(self) -> bool: ...
+
+
+class Exports(Protocol):
+    """What the OTLP endpoints ask of a receiver (``otlp.receiver``)."""
+
+    def media_type(self, content_type: bytes | None) -> bytes:
+        """The export's media type, or an ``IngestionError`` (415)."""
+        ...
+
+    def accept(self, signal: str, media: bytes, body: bytes) -> ExportAccepted:
+        """The export decoded, or an ``IngestionError`` (400)."""
+        ...
+
+    def stored(self) -> None:
+        """An export was journaled."""
+
+
+class ExportAccepted(Protocol):
+    """An OTLP export to journal (unless ``body`` is empty), and its answer."""
+
+    @property
+    def source(self) -> str: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def events(self) -> int: ...
+    @property
+    def reply(self) -> bytes: ...
+    @property
+    def content_type(self) -> bytes: ...
 
 
 class RequestMetrics(Protocol):
@@ -176,7 +219,7 @@ class Exchange:
         self.body_bytes: int | None = None
         self.reason: str | None = None  # why a publish request was refused
         self.detail: Any = None  # and what the client was told
-        self.stored: tuple[Source, Sequence[Item], int] | None = None  # the batch acknowledged
+        self.stored: tuple[str, Sequence[Item], int] | None = None  # the batch acknowledged
         self.seconds = 0.0  # from the head to the end of the answer
         self.answered_at = 0.0  # Unix time
 
@@ -200,10 +243,12 @@ class IngestionApp:
         cors_origins: Sequence[str],
         readiness: Callable[[], dict[str, Any]] = dict,
         access: OperatorAccess | None = None,
+        exports: Exports | None = None,
         live: Watchers | None = None,
         console: ASGIApp | None = None,
     ) -> None:
         self._keys = keys
+        self._exports = exports
         self._live = live
         self._console = console
         self._access = access or OperatorAccess()
@@ -229,7 +274,13 @@ class IngestionApp:
             self._handle,
             allow_origins=cors_origins,
             allow_methods=("GET", "POST", "OPTIONS"),
-            allow_headers=("content-type", "content-encoding", "x-api-key", "idempotency-key"),
+            allow_headers=(
+                "content-type",
+                "content-encoding",
+                "x-api-key",
+                "authorization",
+                "idempotency-key",
+            ),
             max_age=3600,
         )
 
@@ -310,7 +361,7 @@ class IngestionApp:
             return
         except Exception:  # a bug of ours: say so without leaking internals
             log.exception("unhandled error on %s %s", scope["method"], exchange.path)
-            if exchange.endpoint in PUBLISH:
+            if exchange.endpoint in _BATCHES:
                 exchange.reason = "internal_error"
             exchange.status = 500
             await _respond(send, 500, b'{"detail":"Internal server error."}', _JSON, cors)
@@ -321,7 +372,7 @@ class IngestionApp:
     async def _refuse(
         self, send: Send, exchange: Exchange, error: IngestionError, cors: Headers
     ) -> None:
-        if exchange.endpoint in PUBLISH and not isinstance(error, MethodNotAllowed):
+        if exchange.endpoint in _BATCHES and not isinstance(error, MethodNotAllowed):
             exchange.reason = error.reason
             exchange.detail = error.detail
         exchange.status = error.status
@@ -335,6 +386,10 @@ class IngestionApp:
             if method != "POST":
                 raise MethodNotAllowed("POST")
             return await self._publish(scope, receive, PUBLISH[path], exchange)
+        if path in OTLP and self._exports is not None:
+            if method != "POST":
+                raise MethodNotAllowed("POST")
+            return await self._export(scope, receive, OTLP[path], self._exports, exchange)
         if path in self._gets:
             if method not in ("GET", "HEAD"):
                 raise MethodNotAllowed("GET, HEAD")
@@ -342,11 +397,14 @@ class IngestionApp:
         raise NotFound()
 
     async def _publish(
-        self, scope: Scope, receive: Receive, source: Source, exchange: Exchange
+        self, scope: Scope, receive: Receive, source: str, exchange: Exchange
     ) -> Reply:
         received_at = now_us()
         headers = _single_valued(scope["headers"])
-        project = await self._keys.project_for(_header(headers, b"x-api-key"))
+        key = _header(headers, b"x-api-key")
+        if key is None and source in clients.KEY_IN_QUERY:
+            key = clients.query_key(scope)
+        project = await self._keys.project_for(key)
         exchange.project = project
         with self._budget.hold() as hold:
             return await self._accept(
@@ -356,7 +414,7 @@ class IngestionApp:
     async def _accept(
         self,
         project: str,
-        source: Source,
+        source: str,
         headers: dict[bytes, bytes],
         receive: Receive,
         hold: Hold,
@@ -365,11 +423,14 @@ class IngestionApp:
     ) -> Reply:
         body = await read_body(receive, headers, self._max_body_bytes, hold)
         exchange.body_bytes = len(body)
-        items = self._limits.decode(body, source)
+        if source in clients.DECODED:
+            items = clients.decode(self._limits, body, source, received_at)
+        else:
+            items = self._limits.decode(body, source)
         idempotency_key = _idempotency_key(headers)
         if not items:
             return 200, b'{"status":"success","events":0}', _JSON
-        events = len(items) * EXPANSION[source]
+        events = len(items) * EXPANSION[source] or clients.events(items)
         self._rate.take(project, events)
         stored = await self._journal.append(
             project, source, body, received_at, idempotency_key, items=items
@@ -380,6 +441,29 @@ class IngestionApp:
             return 200, b'{"status":"success","events":%d}' % events, _JSON
         exchange.duplicate = True
         return 200, b'{"status":"success","events":%d,"duplicate":true}' % events, _JSON
+
+    async def _export(
+        self, scope: Scope, receive: Receive, signal: str, exports: Exports, exchange: Exchange
+    ) -> Reply:
+        """An OTLP/HTTP export: journaled as it came (spans become events later, once their
+        trace can be resolved), answered in its own media type."""
+        received_at = now_us()
+        headers = _single_valued(scope["headers"])
+        project = await self._keys.project_for(_otlp_key(headers))
+        exchange.project = project
+        media = exports.media_type(headers.get(b"content-type"))
+        with self._budget.hold() as hold:
+            body = await read_body(receive, headers, self._max_body_bytes, hold)
+            exchange.body_bytes = len(body)
+            accepted = exports.accept(signal, media, body)
+            if accepted.events:
+                self._rate.take(project, accepted.events)
+            if accepted.body:
+                await self._journal.append(
+                    project, accepted.source, accepted.body, received_at, items=()
+                )
+                exports.stored()
+        return 200, accepted.reply, ((b"content-type", accepted.content_type),)
 
     async def _readiness(self, scope: Scope) -> Reply:
         """Ready while batches can be stored; the details, for operators only, say how the
@@ -468,6 +552,16 @@ def _single_valued(raw: Headers) -> dict[bytes, bytes]:
                     raise DuplicateHeader(name.decode())
                 seen.add(name)
     return headers
+
+
+def _otlp_key(headers: dict[bytes, bytes]) -> str | None:
+    """The key of an OTLP exporter: ``x-api-key`` (``OTEL_EXPORTER_OTLP_HEADERS``), else
+    ``Authorization: Bearer <key>``."""
+    key = _header(headers, b"x-api-key")
+    if key is not None:
+        return key
+    scheme, _, credentials = (_header(headers, b"authorization") or "").partition(" ")
+    return credentials if scheme.lower() == "bearer" else None
 
 
 def _idempotency_key(headers: dict[bytes, bytes]) -> str | None:

@@ -2,26 +2,33 @@
 (Timestamps that leave the storable range are refused while decoding: see ``schema``.)
 
 Both are judged per event, so that the 422 names each one over a limit, along with every
-other error of the batch. They are arranged so that an ordinary batch pays almost nothing:
-no event can be larger than the whole body, properties holding no container are flat
-(the garbage collector knows, see ``_may_be_too_deep``), and properties cannot nest
-deeper than the JSON containers the body holds beyond the batch, its events and their
-property objects (counted in C). Only a batch that could break a limit is walked.
+other error of the batch; in the other clients' items, each free-form object is judged
+(``properties`` and ``context``, or ``traits``: see ``clients``). They are arranged so
+that an ordinary batch pays almost nothing: no event can be larger than the whole body,
+properties holding no container are flat (the garbage collector knows, see
+``_may_be_too_deep``), and properties cannot nest deeper than the JSON containers the body
+holds beyond the batch, its events and their property objects (counted in C). Only a batch
+that could break a limit is walked.
 """
 
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
 from ..errors import InvalidPayload
-from ..schema import Item, Source, decode_batch
+from ..schema import Item, decode_batch, item_error
 
 _CONTAINERS = (dict, list)
 _split_items = msgspec.json.Decoder(list[msgspec.Raw]).decode
+
+
+Documents = Iterable[tuple[int, str, Any]]  # (item index, field, its free-form JSON value)
+_PROPERTIES = ("properties",)  # what is free-form in an SDK's event
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,30 +36,43 @@ class PayloadLimits:
     max_event_bytes: int
     max_depth: int  # the properties object itself is level 1
 
-    def decode(self, body: bytes, source: Source) -> list[Item]:
+    def decode(self, body: bytes, source: str) -> list[Item]:
         """The batch's items, or ``InvalidPayload`` naming every event that is invalid or
         over a limit, in batch order."""
         try:
             items = decode_batch(body, source)
         except InvalidPayload as invalid:
-            if any(len(error["loc"]) < 2 for error in invalid.detail):
-                raise  # the batch as a whole is wrong: there are no events to judge
-            errors = self._errors(body, _properties_of(body)) + invalid.detail
-            raise InvalidPayload(sorted(errors, key=_item_index)) from None
+            raise self.joined(invalid, body, _PROPERTIES) from None
         if self._may_be_too_deep(body, items):
-            errors = self._errors(body, [item.properties for item in items])
-        else:
-            errors = self._size_errors(body)
-        if errors:
-            raise InvalidPayload(sorted(errors, key=_item_index))
+            self.check(body, documents(items, _PROPERTIES))
+        elif errors := self._size_errors(body):
+            raise _refusal(errors)
         return items
 
-    def _errors(self, body: bytes, properties: list[Any]) -> list[dict[str, Any]]:
-        """Every event over a limit, ``properties`` being each event's (or None)."""
-        msg = f"Properties nest deeper than {self.max_depth} levels."
+    def check(self, body: bytes, documents: Documents) -> None:
+        """Raise ``InvalidPayload`` naming every item of the batch ``body`` over the size
+        limit and every one of ``documents`` nesting too deep, if there are any."""
+        if errors := self._errors(body, documents):
+            raise _refusal(errors)
+
+    def joined(
+        self, invalid: InvalidPayload, body: bytes, free_form: tuple[str, ...]
+    ) -> InvalidPayload:
+        """``invalid`` (a batch refused item by item), naming the items over a limit too,
+        their ``free_form`` fields judged, so that one answer names every problem; a batch
+        wrong as a whole stays as it is."""
+        if any(len(error["loc"]) < 2 for error in invalid.detail):
+            return invalid  # there are no events to judge
+        return _refusal(self._errors(body, documents_of(body, free_form)) + invalid.detail)
+
+    def _errors(self, body: bytes, documents: Documents) -> list[dict[str, Any]]:
+        """Every item over the size limit, and every document nesting too deep."""
+        levels = self.max_depth
         too_deep = [
-            _error(index, "properties", msg, "too_deep")
-            for index, value in enumerate(properties)
+            item_error(
+                index, field, f"The {field} object nests deeper than {levels} levels.", "too_deep"
+            )
+            for index, field, value in documents
             if isinstance(value, dict) and _deeper_than(value, self.max_depth)
         ]
         return self._size_errors(body) + too_deep
@@ -66,7 +86,7 @@ class PayloadLimits:
             return []  # not a list of values: the decoder's errors say why
         msg = f"Event is larger than {self.max_event_bytes} bytes."
         return [
-            _error(index, None, msg, "too_large")
+            item_error(index, None, msg, "too_large")
             for index, raw in enumerate(raws)
             if len(raw) > self.max_event_bytes
         ]
@@ -101,10 +121,27 @@ def _brackets(body: bytes) -> int:
     return body.count(b"[")
 
 
-def _properties_of(body: bytes) -> list[Any]:
-    """Each event's properties, in a batch the decoder refused event by event (a list)."""
+def _refusal(errors: list[dict[str, Any]]) -> InvalidPayload:
+    return InvalidPayload(sorted(errors, key=_item_index))
+
+
+def documents(items: Sequence[Any], fields: tuple[str, ...]) -> Documents:
+    """The free-form ``fields`` of each decoded item, as documents to judge."""
+    return [
+        (index, field, getattr(item, field)) for index, item in enumerate(items) for field in fields
+    ]
+
+
+def documents_of(body: bytes, fields: tuple[str, ...]) -> Documents:
+    """The free-form ``fields`` of each item of a batch (a JSON array) that the decoder
+    refused item by item."""
     items: list[Any] = msgspec.json.decode(body)
-    return [item.get("properties") if isinstance(item, dict) else None for item in items]
+    return [
+        (index, field, item.get(field))
+        for index, item in enumerate(items)
+        if isinstance(item, dict)
+        for field in fields
+    ]
 
 
 def _deeper_than(value: dict[str, Any], limit: int) -> bool:
@@ -126,8 +163,3 @@ def _deeper_than(value: dict[str, Any], limit: int) -> bool:
 def _item_index(error: dict[str, Any]) -> int:
     index: int = error["loc"][1]
     return index
-
-
-def _error(index: int, field: str | None, msg: str, kind: str) -> dict[str, Any]:
-    loc: list[str | int] = ["body", index] if field is None else ["body", index, field]
-    return {"loc": loc, "msg": msg, "type": kind}

@@ -33,6 +33,9 @@ from ..ingest.limits import PayloadLimits
 from ..ingest.ratelimit import RateLimiter
 from ..keys import KeyStore, KeyStoreUnavailable, PolledKeyCache, open_key_cache, open_key_store
 from ..keys.model import key_problem, weakness
+from ..otlp.counts import OtlpCounts
+from ..otlp.receiver import Receiver
+from ..otlp.resolver import Resolver
 from ..store import sqlite as store
 from ..store.journal import Journal
 from . import logs
@@ -88,6 +91,7 @@ def serve(settings: Settings, *, warnings: Sequence[str] = ()) -> None:
         for child in background_children(settings):
             child.start()
             opened.callback(child.stop)
+        exports = _start_otlp(settings, metrics, opened)
         feed, console = open_console(
             settings.database_path,
             registry=settings.registry,
@@ -103,6 +107,7 @@ def serve(settings: Settings, *, warnings: Sequence[str] = ()) -> None:
             journal=journal,
             metrics=metrics,
             readiness=status.readiness,
+            exports=exports,
             console=(feed, console),
         )
         opened.callback(app.close)  # counts and logs what the loop answered last
@@ -114,6 +119,16 @@ def serve(settings: Settings, *, warnings: Sequence[str] = ()) -> None:
         _exit_zero_on_stop_signals()
         _tune_gc()
         uvicorn.Server(config).run()
+
+
+def _start_otlp(settings: Settings, metrics: Metrics, opened: contextlib.ExitStack) -> Receiver:
+    """The OTLP receiver, and the resolver thread that turns its exports into events."""
+    counts = OtlpCounts()
+    metrics.registry.register(counts)
+    resolver = Resolver(settings.database_path, window_s=settings.otlp_window_s, counts=counts)
+    resolver.start()
+    opened.callback(resolver.close)
+    return Receiver(counts, resolver.wake)
 
 
 def _tune_gc() -> None:
@@ -145,10 +160,12 @@ def build_app(
     journal: http.Journal,
     metrics: Metrics | None = None,
     readiness: Callable[[], dict[str, Any]] = dict,
+    exports: http.Exports | None = None,
     console: tuple[LiveFeed, ConsoleApp] | None = None,
 ) -> http.IngestionApp:
     """The ingestion app, configured by ``settings``. Without ``metrics``, it makes its own;
     ``readiness`` adds details to ``/readyz`` (the forwarding backlog, the key registry);
+    without ``exports`` (an OTLP receiver), the OTLP endpoints are not served;
     ``console``: its live feed and app, served under ``/console``."""
     return http.IngestionApp(
         keys=keys,
@@ -169,6 +186,7 @@ def build_app(
         access_log=AccessLog() if settings.access_log else None,
         cors_origins=settings.cors_origins,
         access=OperatorAccess(settings.metrics_token),
+        exports=exports,
         live=console[0] if console else None,
         console=console[1] if console else None,
     )

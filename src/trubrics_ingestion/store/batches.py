@@ -21,16 +21,17 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator, Sequence
-from typing import Annotated, NamedTuple, cast
+from collections.abc import Callable, Iterator, Sequence
+from typing import Annotated, NamedTuple
 
 import msgspec
 from msgspec import Meta
 
 from ..clock import now_us
-from ..schema import MAX_BATCH_ITEMS, EventFields, Source, decode_batch
+from ..schema import MAX_BATCH_ITEMS, EventFields
+from . import genai
 from .codec import unpack
-from .expand import EventRow, expand, expand_events
+from .expand import EventRow, expand, expand_events, items_of
 from .ids import batch_ids, id_factory
 from .sqlite import meta, transaction
 from .upgrade import LEGACY_ROWS
@@ -73,6 +74,8 @@ def events_of(stored: Stored, node: int) -> list[EventRow]:
         if stored.source == "event":
             with contextlib.suppress(ValueError):  # msgspec's errors included
                 return _plain_events(stored, node)
+        if stored.source in _OTLP:
+            return _OTLP[stored.source](stored, node)
         return _events(stored, node)  # an error is named as the request's decoder names it
     except Exception as exc:
         raise Unexpandable(f"batch {stored.batch}: {type(exc).__name__}: {exc}") from exc
@@ -88,12 +91,25 @@ def _plain_events(stored: Stored, node: int) -> list[EventRow]:
 
 def _events(stored: Stored, node: int) -> list[EventRow]:
     """The way of every batch: decoded as a request is, then expanded event by event."""
-    items = decode_batch(stored.body, cast(Source, stored.source))
+    items = items_of(stored.body, stored.source, stored.received_at)
     new_id = id_factory(stored.received_at // 1000, stored.batch, node)
     return list(
         expand(items, project=stored.project, received_at=stored.received_at, new_id=new_id)
     )
 
+
+def _calls(stored: Stored, node: int) -> list[EventRow]:
+    new_id = id_factory(stored.received_at // 1000, stored.batch, node)
+    return genai.call_rows(
+        stored.body, project=stored.project, received_at=stored.received_at, new_id=new_id
+    )
+
+
+# OpenTelemetry's batches (``genai.py``): exports are not events, resolved calls are.
+_OTLP: dict[str, Callable[[Stored, int], list[EventRow]]] = {
+    genai.EXPORT: lambda stored, node: [],
+    genai.CALLS: _calls,
+}
 
 _LegacyRow = tuple[str, str, str, int, str | None, str, str]
 _legacy = msgspec.json.Decoder(list[_LegacyRow])

@@ -17,8 +17,9 @@ from typing import Any, NamedTuple, cast
 
 import msgspec
 
+from .. import segment
 from ..clock import EPOCH, MICROSECOND, to_micros
-from ..schema import TIME_RANGE_MSG, Event, EventFields, Item, LLMEvent, Source
+from ..schema import TIME_RANGE_MSG, Event, EventFields, Item, LLMEvent, decode_batch
 
 PROMPT_EVENT = "Prompt"
 GENERATION_EVENT = "Generation"
@@ -56,17 +57,20 @@ class Span(NamedTuple):
     last_at: int  # at least the latest one
 
 
-def span(items: Sequence[Item], source: Source, received_at: int) -> Span:
+def span(items: Sequence[Item], source: str, received_at: int) -> Span:
     """The batch's event count and time bounds, for counting and time-range reads.
 
     Bounds, not exact values, keep this cheap (a ``min``/``max`` in C over the decoded
     datetimes): an LLM event's prompt lies ``latency`` before its generation, so the lower
     bound takes the largest latency off the earliest generation. Readers filter each event
-    by its own timestamp; the bounds only choose the batches worth opening."""
+    by its own timestamp; the bounds only choose the batches worth opening. The other
+    clients' batches (``segment``) hold both kinds: each kind is bounded on its own."""
     if source == "event":
         events = cast(Sequence[Event], items)
         first, last = _extremes([item.timestamp for item in events])
         return Span(len(items), first, last)
+    if source != "llm":
+        return _mixed_span(items, received_at)
     llm = cast(Sequence[LLMEvent], items)
     moments = [item.timestamp for item in llm if item.timestamp is not None]
     first, last = _extremes(moments) if moments else (received_at, received_at)
@@ -74,6 +78,32 @@ def span(items: Sequence[Item], source: Source, received_at: int) -> Span:
         first, last = min(first, received_at), max(last, received_at)
     latency = max((item.latency or 0.0 for item in llm), default=0.0)
     return Span(2 * len(items), first - round(latency * 1_000_000), last)
+
+
+def _mixed_span(items: Sequence[Item], received_at: int) -> Span:
+    """The span of a batch holding plain and LLM events: each kind's, joined. Anything
+    not a plain event is timed as an LLM event (OTLP's resolved calls, ``genai.py``, have
+    its ``timestamp`` and ``latency``)."""
+    plain = [item for item in items if isinstance(item, Event)]
+    llm = [item for item in items if not isinstance(item, Event)]
+    kinds = (("event", plain), ("llm", llm))
+    parts = [span(group, kind, received_at) for kind, group in kinds if group]
+    return Span(
+        sum(part.events for part in parts),
+        min((part.first_at for part in parts), default=received_at),
+        max((part.last_at for part in parts), default=received_at),
+    )
+
+
+def items_of(body: bytes, source: str, received_at: int) -> list[Item]:
+    """The items a stored batch holds, read as its request was: the other clients' bodies
+    become the events they describe (``segment``), the same at every reading."""
+    if source in segment.BODIES:
+        body_kind = segment.BODIES[source]
+        return body_kind.items(body_kind.decode(body), received_at)
+    if source == segment.SINGLE_EVENT:
+        return [segment.decode_event(body)]
+    return decode_batch(body, source)
 
 
 def _extremes(moments: list[datetime]) -> tuple[int, int]:
@@ -138,7 +168,7 @@ def _micros(moments: list[datetime]) -> list[int]:
 
 def _event_row(item: Event, project: str, received_at: int, event_id: str) -> EventRow:
     at = to_micros(item.timestamp)
-    return _row(
+    return make_row(
         event_id, project, item.user_id, item.event, at, item.properties or {}, received_at, "event"
     )
 
@@ -163,10 +193,10 @@ def _llm_rows(
     prompt_name = item.prompt_event_name or PROMPT_EVENT
     generation_name = item.generation_event_name or GENERATION_EVENT
     return (
-        _row(
+        make_row(
             prompt_id, project, item.user_id, prompt_name, prompted_at, prompt, received_at, "llm"
         ),
-        _row(
+        make_row(
             generation_id,
             project,
             item.user_id,
@@ -179,7 +209,7 @@ def _llm_rows(
     )
 
 
-def _row(
+def make_row(
     event_id: str,
     project: str,
     user_id: str,

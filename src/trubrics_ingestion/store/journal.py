@@ -21,11 +21,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Protocol
 
 from ..config import DEFAULTS
 from ..errors import IdempotencyConflict, StorageUnavailable
-from ..schema import Item, Source
+from ..schema import Item
 from .codec import LZ4, pack
 from .dedup import RecentBatches, Verdict, fingerprint
 from .expand import span
@@ -309,9 +309,9 @@ def insert(
     digests: Sequence[bytes | None] | None = None,
 ) -> None:
     """Store the entries as the next batches (numbered from ``first``, by default the next
-    number), with their dedup fingerprints if given, in the caller's transaction. They are
-    numbered here, not by SQLite, so that bodies and dedup can use the numbers: the journal
-    is the only writer."""
+    number), with their dedup fingerprints if given, in the caller's write transaction,
+    which no other writer of batches (the OTLP resolver) can interleave. They are numbered
+    here, not by SQLite, so that bodies and dedup can use the numbers."""
     first = _next_batch(conn) if first is None else first
     numbers = range(first, first + len(entries))
     conn.executemany(
@@ -322,7 +322,7 @@ def insert(
                 e.project,
                 e.source,
                 e.received_at,
-                *span(e.items, cast(Source, e.source), e.received_at),
+                *span(e.items, e.source, e.received_at),
                 digest,
             )
             for n, e, digest in zip(numbers, entries, digests or [None] * len(entries), strict=True)

@@ -143,6 +143,36 @@ MIGRATIONS: tuple[Migration, ...] = (
     DROP TABLE dedup;
     """,
     """
+    -- What the OTLP resolver holds until a trace's root span arrives (otlp/resolver.py):
+    -- every span of a trace (its place, its user and thread, and for a GenAI call the call
+    -- itself), and GenAI log records waiting for their span.
+    CREATE TABLE otlp_spans (
+        project TEXT NOT NULL,
+        trace TEXT NOT NULL,
+        span TEXT NOT NULL,
+        parent TEXT,
+        root INTEGER NOT NULL,
+        user TEXT,
+        thread TEXT,
+        call BLOB,
+        held_at INTEGER NOT NULL,
+        PRIMARY KEY (project, trace, span)
+    ) WITHOUT ROWID;
+    CREATE INDEX otlp_spans_waiting ON otlp_spans (held_at) WHERE call IS NOT NULL;
+    CREATE INDEX otlp_spans_by_time ON otlp_spans (held_at);
+    CREATE TABLE otlp_logs (
+        project TEXT NOT NULL,
+        trace TEXT NOT NULL,
+        span TEXT NOT NULL,
+        batch INTEGER NOT NULL,
+        item INTEGER NOT NULL,
+        record BLOB NOT NULL,
+        held_at INTEGER NOT NULL,
+        PRIMARY KEY (project, trace, span, batch, item)
+    ) WITHOUT ROWID;
+    CREATE INDEX otlp_logs_by_time ON otlp_logs (held_at);
+    """,
+    """
     -- Console sign-in tokens (console/tokens.py): only their SHA-256 is kept, like keys'.
     -- Apart from api_keys, so that no token can ever publish and no key open the console.
     CREATE TABLE console_tokens (
