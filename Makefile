@@ -24,6 +24,7 @@ lint: install
 test: install lint
 	tests/setup-node.sh
 	scripts/install-engines.sh
+	scripts/install-browser.sh
 	$(BIN)/python -m pytest -q
 
 bench: install

@@ -38,6 +38,9 @@ request, as protobuf exports of GenAI spans or as LLM events, each to a fresh no
 stored per second until the resolver has stored them all, and the node's CPU per call
 (``--no-otlp`` skips it; it takes about a minute).
 
+The console (bench/console.py): the node loaded with 5 live viewers of its console open
+against none, for events/s, p99 and CPU per event (``--console-rounds 0`` skips it).
+
 Last, reading a big store (bench/big_store.py): ``events count`` and ``events export
 --since`` of the last hour on a store of 30M events, built once and kept in bench/.cache/
 (``--no-big-store`` skips it). ``--quick``: the ingest part only, short.
@@ -64,6 +67,7 @@ from pathlib import Path
 from typing import Any
 
 import big_store
+import console
 import end_to_end
 import forward
 import otlp
@@ -106,6 +110,7 @@ class Options:
     forward_events: int
     forward_target: float
     end_to_end_s: int
+    console_rounds: int
     big_store_events: int
     otlp: bool
     output: Path
@@ -404,6 +409,9 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument("--forward-target", type=float, default=forward.TARGET, help="events/s")
     parser.add_argument("--end-to-end", type=int, default=10, help="seconds of load; 0: skip")
     parser.add_argument(
+        "--console-rounds", type=int, default=2, help="with and without live viewers; 0: skip"
+    )
+    parser.add_argument(
         "--big-store-events", type=int, default=big_store.EVENTS, help="in the big store"
     )
     parser.add_argument(
@@ -435,6 +443,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         forward_events=args.forward_events,
         forward_target=args.forward_target,
         end_to_end_s=args.end_to_end,
+        console_rounds=args.console_rounds,
         big_store_events=0 if args.no_big_store else args.big_store_events,
         otlp=not args.no_otlp,
         output=args.output,
@@ -498,6 +507,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         rounds, store = ingest_rounds(opts, Path(tmp))
         summary = summarise(rounds, opts)
+        if opts.console_rounds:
+            summary["console"] = console.run(
+                Path(tmp), opts.console_rounds, opts.wrk, opts.duration_s
+            )
         if opts.forward_rounds:
             summary.update(engine_stages(opts, Path(tmp), store))
         if opts.otlp:
@@ -506,6 +519,9 @@ def main(argv: list[str] | None = None) -> int:
             summary["big_store"] = big_store.measure(opts.big_store_events, Path(tmp))
     print_table(summary, opts)
     ok = summary["verified"] and summary["non200"] == 0
+    if "console" in summary:
+        console.print_summary(summary["console"])
+        ok = ok and summary["console"]["non200"] == 0
     if "forward" in summary:
         forward.print_summary(summary["forward"])
         summary["drain_vs_ingest"] = drain_vs_ingest(summary)

@@ -8,47 +8,24 @@
 # process that appears during the install is stopped again (Debian's maintainer scripts
 # start services on machines whose policy-rc.d allows it).
 set -euo pipefail
+source "$(dirname "$0")/apt.sh"
 
 PACKAGES=(postgresql-15 clickhouse-server clickhouse-client zookeeper)
 # Command lines of the packaged services (system config/data paths), never the tests' own.
 SERVICE_PATTERN='/var/lib/postgresql/|/etc/postgresql/|/etc/clickhouse-server/|/etc/zookeeper/'
 say() { echo "install-engines.sh: $*"; }
 
-sudo=""
-[[ $EUID -eq 0 ]] || sudo="sudo"
-apt_get() { DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=300 "$@"; }
-
-installed() { [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) == "install ok installed" ]]; }
 service_pids() { pgrep -f -- "$SERVICE_PATTERN" | sort || true; }
 
-missing=()
-for package in "${PACKAGES[@]}"; do
-  installed "$package" || missing+=("$package")
-done
+mapfile -t missing < <(missing_of "${PACKAGES[@]}")
 if ((${#missing[@]} == 0)); then
   say "already installed: ${PACKAGES[*]}"
   exit 0
 fi
 
 started=$SECONDS
-updated=false
-for package in "${missing[@]}"; do
-  if ! apt-cache show "$package" >/dev/null 2>&1; then
-    say "$package is not in the package lists: apt-get update"
-    apt_get update -qq
-    updated=true
-    break
-  fi
-done
-
 before=$(service_pids)
-say "installing ${missing[*]}"
-if ! apt_get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
-  $updated && exit 1
-  say "install failed (stale package lists?): apt-get update and retry"
-  apt_get update -qq
-  apt_get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+apt_install "${missing[@]}"
 say "installed ${missing[*]} in $((SECONDS - started)) s"
 
 # Stop whatever the maintainer scripts started: through systemd if it runs the services (it

@@ -9,6 +9,7 @@ Rooms (folders) and leaves (shared vocabulary at the top level)::
     keys/    key -> project                         leaves, store.sqlite (where local keys live)
     forward/ node -> engines                        leaves, store
     otlp/    OpenTelemetry exports -> events        leaves, store
+    console/ the console in the browser             leaves, store, keys, forward (engine reads)
     node/    the process: wires everything          anything but cli
     cli      the command line                       anything; the only one that imports node
 
@@ -35,8 +36,9 @@ ALLOWED: dict[str, set[str]] = {
     "keys": {"leaf", "keys", "store.sqlite"},
     "forward": {"leaf", "forward", "store"},
     "otlp": {"leaf", "otlp", "store"},
-    "node": {"leaf", "ingest", "store", "keys", "forward", "otlp", "node"},
-    "cli": {"leaf", "ingest", "store", "keys", "forward", "otlp", "node", "cli"},
+    "console": {"leaf", "console", "store", "keys", "forward"},
+    "node": {"leaf", "ingest", "store", "keys", "forward", "otlp", "console", "node"},
+    "cli": {"leaf", "ingest", "store", "keys", "forward", "otlp", "console", "node", "cli"},
     "__main__": {"cli"},
     "__init__": set(),
 }

@@ -12,7 +12,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import click
 import msgspec
@@ -28,6 +28,14 @@ from .store import sqlite as store
 from .urls import SinkUrl, SinkUrlError, parse_sink_url, read_url_file
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Closing(Protocol):
+    """What a store the commands open must offer: closing it."""
+
+    def close(self) -> None: ...
+
+
 FROM_FILES = ("forward_to", "registry")  # URLs, which may hold a password
 URL_FILE = click.Path(dir_okay=False, path_type=Path)
 # Where a URL with a password can go instead of the command line, by parameter name.
@@ -398,14 +406,23 @@ def keys_list(as_json: bool, data_dir: Path, registry: str | None) -> None:
     """List keys (ids and hints, never secrets)."""
     with _keys_of(data_dir, registry) as key_store:
         listed = key_store.list_keys()
-    for key in listed:
-        state = "active" if key.revoked_at is None else "revoked"
-        if as_json:
-            click.echo(
-                _json({"id": key.id, "project": key.project, "hint": key.hint, "state": state})
-            )
-        else:
-            click.echo(f"{key.id}\t{key.project}\t{key.hint}\t{state}")
+    _echo_listed(
+        [
+            {"id": k.id, "project": k.project, "hint": k.hint, **_state(k.revoked_at)}
+            for k in listed
+        ],
+        as_json,
+    )
+
+
+def _state(revoked_at: int | None) -> dict[str, str]:
+    return {"state": "active" if revoked_at is None else "revoked"}
+
+
+def _echo_listed(records: list[dict[str, str]], as_json: bool) -> None:
+    """One line per key or token: JSON, or its values separated by tabs."""
+    for record in records:
+        click.echo(_json(record) if as_json else "\t".join(record.values()))
 
 
 @keys_group.command(name="revoke")
@@ -421,16 +438,71 @@ def keys_revoke(key_id: str, data_dir: Path, registry: str | None) -> None:
     click.echo(f"Revoked {key_id}.")
 
 
-@contextlib.contextmanager
-def _keys_of(data_dir: Path, registry: str | None) -> Iterator[keys.KeyStore]:
+def _keys_of(data_dir: Path, registry: str | None) -> contextlib.AbstractContextManager[Any]:
     """The key store the command acts on; an unreachable registry is a clear error."""
-    key_store = _key_store(data_dir, registry)
+    return _used(_key_store(data_dir, registry))
+
+
+@contextlib.contextmanager
+def _used(store: Closing) -> Iterator[Any]:
+    """``store`` (keys or console tokens), closed after use; an unreachable registry is
+    a clear error."""
     try:
-        yield key_store
+        yield store
     except keys.KeyStoreUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     finally:
-        key_store.close()
+        store.close()
+
+
+@main.group(name="console")
+def console_group() -> None:
+    """Sign-in tokens of the console that serve offers at /console."""
+
+
+def _tokens_of(data_dir: Path, registry: str | None) -> contextlib.AbstractContextManager[Any]:
+    from .console.tokens import open_tokens
+
+    return _used(open_tokens(registry, lambda: _open(data_dir)))
+
+
+@console_group.command(name="token")
+@click.option("--json", "as_json", is_flag=True, help='Print {"token": ..., "id": ...} as JSON.')
+@data_dir_option
+@registry_option
+def console_token(as_json: bool, data_dir: Path, registry: str | None) -> None:
+    """Create a console sign-in token; it is printed this once and only its SHA-256 is
+    stored. Sign in at http://HOST:PORT/console with it."""
+    with _tokens_of(data_dir, registry) as tokens:
+        new = tokens.create()
+    if as_json:
+        click.echo(_json({"token": new.token, "id": new.id}))
+    else:
+        click.echo(f"Created console token {new.id}. Keep it secret:\n{new.token}")
+
+
+@console_group.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per token.")
+@data_dir_option
+@registry_option
+def console_list(as_json: bool, data_dir: Path, registry: str | None) -> None:
+    """List console tokens (ids and hints, never secrets)."""
+    with _tokens_of(data_dir, registry) as tokens:
+        listed = tokens.list()
+    _echo_listed([{"id": t.id, "hint": t.hint, **_state(t.revoked_at)} for t in listed], as_json)
+
+
+@console_group.command(name="revoke")
+@click.argument("token_id")
+@data_dir_option
+@registry_option
+def console_revoke(token_id: str, data_dir: Path, registry: str | None) -> None:
+    """Revoke a console token by id; its sessions end within seconds."""
+    with _tokens_of(data_dir, registry) as tokens:
+        revoked = tokens.revoke(token_id)
+    if not revoked:
+        raise click.ClickException(f"no active console token with id {token_id!r}")
+    click.echo(f"Revoked {token_id}.")
 
 
 @main.group(name="events")

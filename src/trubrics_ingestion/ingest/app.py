@@ -13,7 +13,10 @@ header (not from a browser: SDKs, servers) skips the middleware, which would onl
 ``Vary: Origin`` to its answer: the routing adds it itself. The exchanges answered in one
 iteration of the event loop are accounted together at its end (``account``): measured
 under load, that halves what counting and logging cost per request (the code runs warm).
-A scrape of ``/metrics`` accounts for everything answered before it first.
+A scrape of ``/metrics`` accounts for everything answered before it first. While someone
+watches the console's live view, the same turn's exchanges go to it (``Watchers``); with
+nobody watching, that is one check of an empty set per turn. The console itself, under
+``/console``, is an ASGI app of its own (same origin only: no CORS).
 """
 
 from __future__ import annotations
@@ -21,14 +24,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..clock import now_us
 from ..errors import (
@@ -63,12 +66,14 @@ ENDPOINTS = (  # every route, as labelled in metrics
     "/readyz",
     "/openapi.json",
     "/metrics",
+    "/console",  # every page, asset and stream of the console
     "other",  # anything else (404s): paths are the client's to choose, labels are not
 )
 PUBLISH = {"/publish_events": "event", "/publish_llm_events": "llm", **clients.SOURCES}
 EXPANSION = {"event": 1, "llm": 2, **clients.EXPANSION}  # stored events per item; 0: it varies
 OTLP = {"/v1/traces": "traces", "/v1/logs": "logs"}  # OpenTelemetry's exports, by signal
 _BATCHES = frozenset((*PUBLISH, *OTLP))  # where a refusal is a batch refused (in metrics)
+CONSOLE = "/console"
 CLOSED_BY_CLIENT = 499  # nginx's status for a client gone before its answer: logs only
 MAX_LOGGED_PATH = 256  # a 404's path is the client's text: bounded in the access log
 _JSON: Headers = ((b"content-type", b"application/json"),)
@@ -170,12 +175,25 @@ class AccessLog(Protocol):
         """One line per item: its fields, and its time (Unix)."""
 
 
+class Watchers(Protocol):
+    """Who watches requests as they are answered (the console's live view)."""
+
+    @property
+    def viewers(self) -> Collection[object]:
+        """Empty while nobody watches: then nothing is handed over."""
+        ...
+
+    def answered(self, exchanges: Sequence[Exchange]) -> None:
+        """One loop turn's answered requests (on the loop's thread; must not block)."""
+
+
 class Exchange:
     """What one request came to: filled in by the routing, read once it is answered."""
 
     __slots__ = (
         "answered_at",
         "body_bytes",
+        "detail",
         "duplicate",
         "endpoint",
         "events",
@@ -186,6 +204,7 @@ class Exchange:
         "reason",
         "seconds",
         "status",
+        "stored",
     )
 
     def __init__(self, method: str, raw_path: str, path: str, endpoint: str) -> None:
@@ -199,6 +218,8 @@ class Exchange:
         self.duplicate = False  # a repeat of a stored batch, acknowledged
         self.body_bytes: int | None = None
         self.reason: str | None = None  # why a publish request was refused
+        self.detail: Any = None  # and what the client was told
+        self.stored: tuple[str, Sequence[Item], int] | None = None  # the batch acknowledged
         self.seconds = 0.0  # from the head to the end of the answer
         self.answered_at = 0.0  # Unix time
 
@@ -223,9 +244,13 @@ class IngestionApp:
         readiness: Callable[[], dict[str, Any]] = dict,
         access: OperatorAccess | None = None,
         exports: Exports | None = None,
+        live: Watchers | None = None,
+        console: ASGIApp | None = None,
     ) -> None:
         self._keys = keys
         self._exports = exports
+        self._live = live
+        self._console = console
         self._access = access or OperatorAccess()
         self._readiness_details = readiness
         self._journal = journal
@@ -265,12 +290,14 @@ class IngestionApp:
         started = time.perf_counter()
         raw_path: str = scope["path"]
         path = _normalise(raw_path)
-        exchange = Exchange(scope["method"], raw_path, path, path if path in _KNOWN else "other")
+        exchange = Exchange(scope["method"], raw_path, path, _endpoint(path))
         scope[_EXCHANGE] = exchange
         if exchange.method == "OPTIONS":  # preflights are answered by the CORS middleware
             send = _watching(send, exchange)
         try:
-            if _has_origin(scope["headers"]):
+            if exchange.endpoint == CONSOLE and self._console is not None:
+                await self._console(scope, receive, _watching(send, exchange))
+            elif _has_origin(scope["headers"]):
                 await self._cors(scope, receive, send)
             else:
                 await self._serve(scope, receive, send, _VARY_ORIGIN)
@@ -296,6 +323,8 @@ class IngestionApp:
                 metrics.dedup_hit()
         if self._access_log is not None and answered:
             self._access_log.write(map(_access_line, answered))
+        if self._live is not None and self._live.viewers:
+            self._live.answered(answered)
 
     def close(self) -> None:
         """Account for what the loop's last iteration answered (at shutdown)."""
@@ -345,6 +374,7 @@ class IngestionApp:
     ) -> None:
         if exchange.endpoint in _BATCHES and not isinstance(error, MethodNotAllowed):
             exchange.reason = error.reason
+            exchange.detail = error.detail
         exchange.status = error.status
         body = _encode({"detail": error.detail})
         await _respond(send, error.status, body, _JSON, (*error.headers, *cors))
@@ -407,6 +437,7 @@ class IngestionApp:
         )
         if stored:
             exchange.events = events
+            exchange.stored = (source, items, received_at)
             return 200, b'{"status":"success","events":%d}' % events, _JSON
         exchange.duplicate = True
         return 200, b'{"status":"success","events":%d,"duplicate":true}' % events, _JSON
@@ -483,6 +514,13 @@ def _normalise(path: str) -> str:
     if path.startswith(PREFIX + "/"):
         path = path[len(PREFIX) :]
     return path
+
+
+def _endpoint(path: str) -> str:
+    """The metrics label of a normalised path."""
+    if path in _KNOWN:
+        return path
+    return CONSOLE if path.startswith(CONSOLE + "/") else "other"
 
 
 def _watching(send: Send, exchange: Exchange) -> Send:

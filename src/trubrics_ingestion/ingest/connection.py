@@ -69,6 +69,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._stop_deadline()
         super().connection_lost(exc)
 
+    def shutdown(self) -> None:
+        """A graceful stop waits for every answer to end; one still being sent (the
+        console's live stream, which only ends when its client goes) never would: cut it
+        (its browser reconnects), dropping whatever it had not sent."""
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started and not cycle.response_complete:
+            self.transport.abort()
+            return
+        super().shutdown()
+
     def data_received(self, data: bytes) -> None:
         if not self._refused:  # after a refusal, the rest of the request is read and dropped
             super().data_received(data)

@@ -60,7 +60,8 @@ class KeyCache:
         self._loader = loader
         self._interval = refresh_interval_s
         self._version: int | None = None
-        self._table = KeyTable(())
+        self.last_used: dict[str, float] = {}  # key id -> Unix time, on this node
+        self._table = KeyTable((), self.last_used)
         self._checked_at = 0.0
 
     async def project_for(self, raw: str | None) -> str:
@@ -78,7 +79,7 @@ class KeyCache:
         version, keys = self._loader(self._version)
         self._checked_at = time.monotonic()
         if keys is not None:
-            self._table = KeyTable(keys)
+            self._table = KeyTable(keys, self.last_used)
             self._version = version
 
     def close(self) -> None:
@@ -122,7 +123,8 @@ class PolledKeyCache:
         self._interval = refresh_interval_s
         self._name = name
         self._version: int | None = None
-        self._table = KeyTable(())
+        self.last_used: dict[str, float] = {}  # key id -> Unix time, on this node
+        self._table = KeyTable((), self.last_used)
         self._reachable = False
         self._looking_since: float | None = None  # a look is under way since then
         self._loaded_at: float | None = None
@@ -194,7 +196,7 @@ class PolledKeyCache:
         if self._snapshot is None:
             return
         try:
-            self._table = KeyTable(self._snapshot.load())
+            self._table = KeyTable(self._snapshot.load(), self.last_used)
         except Exception as exc:
             log.warning("could not read the registry's keys saved in the store: %s", exc)
 
@@ -206,7 +208,7 @@ class PolledKeyCache:
             self._failed(exc)
             return None
         if keys is not None:
-            self._table = KeyTable(keys)
+            self._table = KeyTable(keys, self.last_used)
             self._version = version
         self._loaded_at = time.monotonic()
         self._reachable = True
@@ -252,11 +254,13 @@ class KeyTable:
     of a secret. Only values written exactly as a key (no spaces around) are remembered:
     at most one per active key. A table is replaced, never changed, when the keys are
     reloaded (the caches swap it in one assignment, also from the polling thread): a value
-    remembered from the old keys cannot outlive a revocation."""
+    remembered from the old keys cannot outlive a revocation. When each key was last found
+    goes to ``uses`` (the console's "last used"), which the caches keep across tables."""
 
-    def __init__(self, keys: Iterable[ActiveKey]) -> None:
+    def __init__(self, keys: Iterable[ActiveKey], uses: dict[str, float] | None = None) -> None:
         self._by_hash = {key.key_hash: key for key in keys}
         self._by_value: dict[str, ActiveKey] = {}
+        self._uses = {} if uses is None else uses
 
     def __len__(self) -> int:
         return len(self._by_hash)
@@ -266,6 +270,7 @@ class KeyTable:
         if raw is not None:
             known = self._by_value.get(raw)
             if known is not None:
+                self._uses[known.key_id] = time.time()
                 return known
         problem = key_problem(raw)
         if problem or raw is None:
@@ -277,6 +282,7 @@ class KeyTable:
             return None
         if key == raw:
             self._by_value[raw] = found
+        self._uses[found.key_id] = time.time()
         return found
 
 

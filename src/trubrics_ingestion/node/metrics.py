@@ -115,6 +115,7 @@ class Metrics:
             registry.register(self._store)
         # Children made once: the rare paths do a dict lookup and an increment.
         self._rejected_children: dict[tuple[str, str], Counter] = {}
+        self._refusals: dict[str, int] = {}  # by reason, all projects: the console's overview
         if not per_project:
             for reason in REJECTION_REASONS:
                 self._rejected_children[reason, NO_PROJECT] = self._rejected.labels(reason)
@@ -141,11 +142,16 @@ class Metrics:
             labels = key if self.per_project else (reason,)
             child = self._rejected_children[key] = self._rejected.labels(*labels)
         child.inc()
+        self._refusals[reason] = self._refusals.get(reason, 0) + 1
         if reason == "rate_limited":
             self._rate_limit_hits.inc()
 
     def dedup_hit(self) -> None:
         self._dedup_hits.inc()
+
+    def refusals(self) -> dict[str, int]:
+        """Publish requests refused since the start, by reason (from any thread)."""
+        return self._refusals.copy()
 
     def refused(self, status: int) -> None:
         """A request the connection layer (``ingest.connection``) answered itself."""

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp
 
 from .. import ingest
 from ..config import Settings, shown
+from ..console import ConsoleApp, LiveFeed, open_console
 from ..ingest import app as http
 from ..ingest.access import OperatorAccess
 from ..ingest.body import BodyBudget
@@ -91,6 +92,15 @@ def serve(settings: Settings, *, warnings: Sequence[str] = ()) -> None:
             child.start()
             opened.callback(child.stop)
         exports = _start_otlp(settings, metrics, opened)
+        feed, console = open_console(
+            settings.database_path,
+            registry=settings.registry,
+            forward_to=settings.forward_to,
+            last_used=cache.last_used.copy,
+            refusals=metrics.refusals,
+            status=status.readiness,
+        )
+        opened.callback(console.close)
         app = build_app(
             settings,
             keys=cache,
@@ -98,9 +108,12 @@ def serve(settings: Settings, *, warnings: Sequence[str] = ()) -> None:
             metrics=metrics,
             readiness=status.readiness,
             exports=exports,
+            console=(feed, console),
         )
         opened.callback(app.close)  # counts and logs what the loop answered last
         log.info("starting", extra={"fields": startup_fields(settings)})
+        url = f"http://{settings.host}:{settings.port}/console"
+        log.info("console at %s", url, extra={"fields": {"console": url}})
         _hint_if_keyless(key_store, settings)
         config = uvicorn_config(app, settings, on_refused=metrics.refused)
         _exit_zero_on_stop_signals()
@@ -148,10 +161,12 @@ def build_app(
     metrics: Metrics | None = None,
     readiness: Callable[[], dict[str, Any]] = dict,
     exports: http.Exports | None = None,
+    console: tuple[LiveFeed, ConsoleApp] | None = None,
 ) -> http.IngestionApp:
     """The ingestion app, configured by ``settings``. Without ``metrics``, it makes its own;
     ``readiness`` adds details to ``/readyz`` (the forwarding backlog, the key registry);
-    without ``exports`` (an OTLP receiver), the OTLP endpoints are not served."""
+    without ``exports`` (an OTLP receiver), the OTLP endpoints are not served;
+    ``console``: its live feed and app, served under ``/console``."""
     return http.IngestionApp(
         keys=keys,
         readiness=readiness,
@@ -172,6 +187,8 @@ def build_app(
         cors_origins=settings.cors_origins,
         access=OperatorAccess(settings.metrics_token),
         exports=exports,
+        live=console[0] if console else None,
+        console=console[1] if console else None,
     )
 
 

@@ -152,6 +152,57 @@ def after(conn: sqlite3.Connection, batch: int, limit: int) -> list[tuple[int, i
     return rows
 
 
+def first_received(conn: sqlite3.Connection, since: int) -> int:
+    """The number of the first batch received at ``since`` or later (past the newest: none).
+
+    A binary search on the batch numbers, as batches are numbered in the order they are
+    committed, which is that of their receipt but for requests overlapping in time: start
+    a minute (``RECEIPT_SLACK_US``) earlier and filter on ``received_at`` for an exact
+    range. No index on ``received_at`` is kept for this (the journal would pay it per batch)."""
+    low, high = conn.execute(
+        "SELECT coalesce(min(batch), 1), coalesce(max(batch), 0) + 1 FROM batches"
+    ).fetchone()
+    while low < high:
+        middle = (low + high) // 2
+        row = conn.execute(
+            "SELECT batch, received_at FROM batches WHERE batch >= ? ORDER BY batch LIMIT 1",
+            (middle,),
+        ).fetchone()
+        if row is None or row[1] >= since:
+            high = middle
+        else:
+            low = row[0] + 1
+    return int(low)
+
+
+RECEIPT_SLACK_US = 60_000_000
+
+
+def per_minute(conn: sqlite3.Connection, since: int) -> list[tuple[int, str, str, int]]:
+    """``(minute, project, source, events)`` of the batches received since ``since``, the
+    minute as microseconds since the epoch: a sum over the narrow rows of that range."""
+    first = first_received(conn, since - RECEIPT_SLACK_US)
+    rows: list[tuple[int, str, str, int]] = conn.execute(
+        "SELECT received_at / 60000000 * 60000000 AS minute, project, source, sum(events)"
+        " FROM batches WHERE batch >= ? AND received_at >= ?"
+        " GROUP BY minute, project, source ORDER BY minute",
+        (first, since),
+    ).fetchall()
+    return rows
+
+
+def recent(conn: sqlite3.Connection, project: str, *, since: int, limit: int) -> list[int]:
+    """Numbers of the newest ``limit`` batches of ``project`` received since ``since``,
+    newest first: what a bounded search of the store by thread or user opens."""
+    first = first_received(conn, since - RECEIPT_SLACK_US)
+    found = conn.execute(
+        "SELECT batch FROM batches WHERE batch >= ? AND project = ? AND received_at >= ?"
+        " ORDER BY batch DESC LIMIT ?",
+        (first, project, since, limit),
+    )
+    return [batch for (batch,) in found]
+
+
 def matching(
     conn: sqlite3.Connection,
     *,

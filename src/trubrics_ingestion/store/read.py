@@ -132,7 +132,7 @@ def _records(
             if events is None:  # pruned meanwhile
                 continue
             records = [
-                _record(event, times)
+                record(event, times)
                 for event in events
                 if (since is None or event.timestamp >= since)
                 and (until is None or event.timestamp < until)
@@ -167,7 +167,7 @@ class TimeTexts:
         return head
 
 
-def _record(event: EventRow, times: TimeTexts) -> dict[str, Any]:
+def record(event: EventRow, times: TimeTexts) -> dict[str, Any]:
     """An event as export writes it (the columns in ``COLUMNS``' order)."""
     return {
         "id": event.id,

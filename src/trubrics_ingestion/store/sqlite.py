@@ -172,6 +172,17 @@ MIGRATIONS: tuple[Migration, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX otlp_logs_by_time ON otlp_logs (held_at);
     """,
+    """
+    -- Console sign-in tokens (console/tokens.py): only their SHA-256 is kept, like keys'.
+    -- Apart from api_keys, so that no token can ever publish and no key open the console.
+    CREATE TABLE console_tokens (
+        id TEXT PRIMARY KEY,
+        token_hash TEXT NOT NULL UNIQUE,
+        hint TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 BUSY_TIMEOUT_S = 10.0  # how long a writer waits for another's lock before giving up
