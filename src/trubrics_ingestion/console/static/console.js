@@ -13,7 +13,7 @@ export function el(tag, text, className) {
 export function row(cells, className) {
   const tr = el("tr", null, className);
   for (const cell of cells) {
-    const td = el("td");
+    const td = el("td", null, typeof cell === "number" ? "num" : undefined);
     if (cell instanceof Node) td.append(cell);
     else td.textContent = cell === null || cell === undefined ? "" : String(cell);
     tr.append(td);

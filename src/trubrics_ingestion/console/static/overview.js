@@ -38,7 +38,8 @@ function drawChart(minutes, now) {
     chart.append(label);
   }
   for (const i of [0, 15, 30, 45, 59]) {
-    const label = svg("text", { x: x(i), y: HEIGHT - 6, class: "label", "text-anchor": "middle" });
+    const anchor = i === 59 ? "end" : "middle"; // the last minute's label stays inside
+    const label = svg("text", { x: x(i), y: HEIGHT - 6, class: "label", "text-anchor": anchor });
     label.textContent = slots[i].slice(11);
     chart.append(label);
   }
