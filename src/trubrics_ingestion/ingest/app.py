@@ -437,7 +437,8 @@ class IngestionApp:
         )
         if stored:
             exchange.events = events
-            exchange.stored = (source, items, received_at)
+            if self._live is not None and self._live.viewers:  # else let the items go now
+                exchange.stored = (source, items, received_at)
             return 200, b'{"status":"success","events":%d}' % events, _JSON
         exchange.duplicate = True
         return 200, b'{"status":"success","events":%d,"duplicate":true}' % events, _JSON
