@@ -40,7 +40,8 @@ def open_console(
 ) -> tuple[LiveFeed, ConsoleApp]:
     """The live feed (for the app to hand answered requests to) and the console's app.
     Its reads use connections of their own: the store's, the key store's (the registry
-    when ``registry`` is set) and the first engine of ``forward_to``, if any."""
+    when ``registry`` is set) and the first engine of ``forward_to``, if any (one for the
+    pages, one for the overview: they are read in different threads)."""
     feed = LiveFeed()
     conversations: Conversations = (
         open_engine(parse_sink_url(forward_to[0])) if forward_to else StoreConversations(database)
@@ -51,6 +52,7 @@ def open_console(
         last_used=last_used,
         refusals=refusals,
         status=status,
+        engine=open_engine(parse_sink_url(forward_to[0])) if forward_to else None,
     )
     app = ConsoleApp(
         sessions=Sessions(open_tokens(registry, lambda: connect(database))),

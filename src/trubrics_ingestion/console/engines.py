@@ -1,6 +1,8 @@
-"""The console's thread and user pages read from an engine the node forwards to: there,
-every node's events are, with an index by thread (PostgreSQL's ``(project, thread_id)``;
-ClickHouse's sorting key starts with the project).
+"""The console's thread and user pages, and the overview's chart, read from an engine the
+node forwards to: there, every node's events are, with an index by thread (PostgreSQL's
+``(project, thread_id)``; ClickHouse's sorting key starts with the project) and by time.
+The chart counts events by their own time (``timestamp``, which both engines index; they
+keep no index on ``received_at``), per project and kind (``source``).
 
 Reads are plain ``SELECT``s of the ``events`` table the forwarder writes (README,
 *Querying the events*), at most ``MAX_EVENTS`` rows; a user's timeline looks back
@@ -10,6 +12,7 @@ An engine shows what has been forwarded to it so far: the overview gives the bac
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -25,6 +28,7 @@ STATEMENT_TIMEOUT_MS = 10_000
 _THREAD = "project = {m} AND thread_id = {m} ORDER BY timestamp DESC, id DESC"
 _USER = "project = {m} AND user_id = {m} AND timestamp >= {since} ORDER BY timestamp DESC, id DESC"
 _decode = msgspec.json.Decoder().decode
+Minute = tuple[int, str, str, int]  # minute (microseconds since the epoch), project, source, events
 
 
 def open_engine(url: SinkUrl) -> PostgresConversations | ClickHouseConversations:
@@ -42,11 +46,31 @@ class PostgresConversations:
         self._url = url
         self._conn: Any = None
 
+    @property
+    def display(self) -> str:
+        """The engine's URL without its password."""
+        return self._url.display
+
     def thread(self, project: str, thread_id: str) -> Found:
         return self._found(_THREAD, (project, thread_id))
 
     def user(self, project: str, user_id: str) -> Found:
         return self._found(_USER, (project, user_id), days=USER_WINDOW_DAYS)
+
+    def per_minute(self, since: int) -> list[Minute]:
+        """Events per minute of their time since ``since`` (microseconds since the epoch)."""
+        sql = (
+            "SELECT (extract(epoch FROM date_trunc('minute', timestamp)) * 1000000)::bigint"
+            " AS minute, project, source, count(*) FROM events WHERE timestamp >= %s"
+            " GROUP BY 1, 2, 3 ORDER BY 1"
+        )
+        since_at = datetime.fromtimestamp(since / 1e6, UTC)
+        try:
+            rows = self._connection().execute(sql, (since_at,)).fetchall()
+        except Exception:
+            self.close()
+            raise
+        return [(int(minute), project, source, int(n)) for minute, project, source, n in rows]
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -80,11 +104,29 @@ class ClickHouseConversations:
         self._url = url
         self._sink = ClickHouseSink(url)  # its HTTP(S) client: queries are text in, text out
 
+    @property
+    def display(self) -> str:
+        """The engine's URL without its password."""
+        return self._url.display
+
     def thread(self, project: str, thread_id: str) -> Found:
         return self._found(_THREAD, (project, thread_id))
 
     def user(self, project: str, user_id: str) -> Found:
         return self._found(_USER, (project, user_id), days=USER_WINDOW_DAYS)
+
+    def per_minute(self, since: int) -> list[Minute]:
+        """Events per minute of their time since ``since`` (microseconds since the epoch),
+        each event once (``FINAL``); 64-bit numbers come quoted in JSON, hence ``int``."""
+        sql = (
+            "SELECT toUInt64(toUnixTimestamp(toStartOfMinute(timestamp))) * 1000000 AS minute,"
+            " project, source, count() AS n"
+            f" FROM `{self._url.database}`.events FINAL"
+            f" WHERE timestamp >= toDateTime({since // 1_000_000})"
+            " GROUP BY minute, project, source ORDER BY minute FORMAT JSONEachRow"
+        )
+        rows = [_decode(line) for line in self._sink.query(sql).splitlines() if line]
+        return [(int(r["minute"]), r["project"], r["source"], int(r["n"])) for r in rows]
 
     def close(self) -> None:
         self._sink.close()

@@ -65,6 +65,7 @@ function fill(id, rows, empty, columns) {
 
 function render(data) {
   document.getElementById("now").textContent = `as of ${shortTime(data.now)} UTC`;
+  document.getElementById("minutes-from").textContent = data.minutes_from;
   drawChart(data.minutes, data.now);
   fill("refusals", Object.entries(data.refusals).map(([reason, n]) => row([reason, n])), "none", 2);
   fill(
