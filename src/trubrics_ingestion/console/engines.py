@@ -38,13 +38,12 @@ def open_engine(url: SinkUrl) -> PostgresConversations | ClickHouseConversations
     return ClickHouseConversations(url)
 
 
-class PostgresConversations:
-    """Threads and users from PostgreSQL's ``events`` (one connection, reopened after a
-    failure)."""
+class _EngineReader:
+    """What the readers of both engines share: the two page reads, each made in its
+    engine's SQL by ``_found``."""
 
     def __init__(self, url: SinkUrl) -> None:
         self._url = url
-        self._conn: Any = None
 
     @property
     def display(self) -> str:
@@ -57,6 +56,18 @@ class PostgresConversations:
     def user(self, project: str, user_id: str) -> Found:
         return self._found(_USER, (project, user_id), days=USER_WINDOW_DAYS)
 
+    def _found(self, where: str, params: tuple[str, str], days: int | None = None) -> Found:
+        raise NotImplementedError
+
+
+class PostgresConversations(_EngineReader):
+    """Threads and users from PostgreSQL's ``events`` (one connection, reopened after a
+    failure)."""
+
+    def __init__(self, url: SinkUrl) -> None:
+        super().__init__(url)
+        self._conn: Any = None
+
     def per_minute(self, since: int) -> list[Minute]:
         """Events per minute of their time since ``since`` (microseconds since the epoch)."""
         sql = (
@@ -64,12 +75,7 @@ class PostgresConversations:
             " AS minute, project, source, count(*) FROM events WHERE timestamp >= %s"
             " GROUP BY 1, 2, 3 ORDER BY 1"
         )
-        since_at = datetime.fromtimestamp(since / 1e6, UTC)
-        try:
-            rows = self._connection().execute(sql, (since_at,)).fetchall()
-        except Exception:
-            self.close()
-            raise
+        rows = self._rows(sql, (datetime.fromtimestamp(since / 1e6, UTC),))
         return [(int(minute), project, source, int(n)) for minute, project, source, n in rows]
 
     def close(self) -> None:
@@ -80,12 +86,17 @@ class PostgresConversations:
     def _found(self, where: str, params: tuple[str, str], days: int | None = None) -> Found:
         since = f"now() - interval '{days} days'" if days else ""
         sql = f"SELECT {COLUMNS} FROM events WHERE {where.format(m='%s', since=since)} LIMIT %s"
+        rows = self._rows(sql, (*params, MAX_EVENTS + 1))
+        return _found([_pg_record(row) for row in rows], f"engine {self._url.display}", days)
+
+    def _rows(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """The rows of ``sql``; after a failure, the next read reconnects."""
         try:
-            rows = self._connection().execute(sql, (*params, MAX_EVENTS + 1)).fetchall()
+            rows: list[tuple[Any, ...]] = self._connection().execute(sql, params).fetchall()
         except Exception:
             self.close()
             raise
-        return _found([_pg_record(row) for row in rows], f"engine {self._url.display}", days)
+        return rows
 
     def _connection(self) -> Any:
         if self._conn is None:
@@ -97,23 +108,12 @@ class PostgresConversations:
         return self._conn
 
 
-class ClickHouseConversations:
+class ClickHouseConversations(_EngineReader):
     """Threads and users from ClickHouse's ``events``, read ``FINAL`` (each event once)."""
 
     def __init__(self, url: SinkUrl) -> None:
-        self._url = url
+        super().__init__(url)
         self._sink = ClickHouseSink(url)  # its HTTP(S) client: queries are text in, text out
-
-    @property
-    def display(self) -> str:
-        """The engine's URL without its password."""
-        return self._url.display
-
-    def thread(self, project: str, thread_id: str) -> Found:
-        return self._found(_THREAD, (project, thread_id))
-
-    def user(self, project: str, user_id: str) -> Found:
-        return self._found(_USER, (project, user_id), days=USER_WINDOW_DAYS)
 
     def per_minute(self, since: int) -> list[Minute]:
         """Events per minute of their time since ``since`` (microseconds since the epoch),
