@@ -54,6 +54,7 @@ from trubrics_ingestion.forward import Forwarder, open_sink, parse_sink_url
 from trubrics_ingestion.forward.clickhouse import encode_json_lines
 from trubrics_ingestion.forward.cursors import reset
 from trubrics_ingestion.forward.postgres import encode_copy
+from trubrics_ingestion.forward.sink import Columns
 from trubrics_ingestion.store import batches, read
 from trubrics_ingestion.store.sqlite import connect
 
@@ -395,17 +396,24 @@ def python_costs(backlog: Backlog, batch: int = 5000) -> dict[str, float]:
     and expanding its batches, encoding for each engine (what the forwarder's threads share
     one GIL for)."""
     conn = connect(backlog.database)
+    node = batches.node_id(conn)
     started = time.perf_counter()
-    rows = list(read.rows(conn, after=backlog.after))
+    chunks, chunk = [], Columns.empty()
+    for stored in batches.read_range(conn, backlog.after, batches.newest(conn)):
+        chunk.extend(batches.columns_of(stored, node))
+        if chunk.size >= batch:
+            chunks.append(chunk)
+            chunk = Columns.empty()
+    chunks.append(chunk)
     reading = time.perf_counter() - started
     conn.close()
-    chunks = [rows[at : at + batch] for at in range(0, len(rows), batch)]
-    costs = {"read + expand": len(rows) / reading}
+    events = sum(chunk.size for chunk in chunks)
+    costs = {"read + expand": events / reading}
     for name, encode in (("COPY encode", encode_copy), ("JSONEachRow encode", encode_json_lines)):
         started = time.perf_counter()
         for chunk in chunks:
             encode(chunk)
-        costs[name] = len(rows) / (time.perf_counter() - started)
+        costs[name] = events / (time.perf_counter() - started)
     return costs
 
 

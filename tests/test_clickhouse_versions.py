@@ -41,7 +41,7 @@ from trubrics_ingestion.forward.clickhouse import (
     span_of,
     time_type,
 )
-from trubrics_ingestion.forward.sink import Row
+from trubrics_ingestion.forward.sink import Columns, Row
 from trubrics_ingestion.schema import Source
 from trubrics_ingestion.store.read import rows as rows_of
 from trubrics_ingestion.store.sqlite import connect
@@ -269,7 +269,7 @@ def current(chdb_session: Any, rows: Sequence[Row]) -> Any:
     )
     settings = ", ".join(f"{name} = '{value}'" for name, value in insert_settings(None).items())
     for batch in redelivered(rows):
-        payload = encode_json_lines(batch, span_of(column)).decode()
+        payload = encode_json_lines(Columns.of(batch), span_of(column)).decode()
         chdb_session.query(
             f"INSERT INTO `{DATABASE}`.events SETTINGS {settings} FORMAT JSONEachRow\n{payload}"
         )
@@ -330,11 +330,11 @@ def test_clickhouse_18_16_runs_the_readme_queries(
     sink = ClickHouseSink(url)
     try:
         with pytest.raises(RuntimeError, match="before migrate"):
-            sink.encode(rows)  # the span depends on the table: no guessing
+            sink.encode(Columns.of(rows))  # the span depends on the table: no guessing
         sink.migrate()
-        sink.send(sink.encode(rows), len(rows))
+        send_rows(sink, rows)
         for batch in redelivered(rows)[1:]:
-            sink.send(sink.encode(batch), len(batch))
+            send_rows(sink, batch)
         sink._conn.sock.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]
         send_rows(sink, rows)  # a stale keep-alive, reopened: the sink still knows DateTime
         send_rows(sink, rows)
@@ -406,10 +406,10 @@ def test_the_time_type_follows_the_server_version() -> None:
 
 def test_times_travel_as_iso_strings_clamped_to_the_span() -> None:
     def row(at: int) -> Row:
-        return Row("id", "p", "u", "e", at, None, "{}", 1_781_956_800_000_001, "event")
+        return Row("id", "p", "u", "e", at, None, b"{}", 1_781_956_800_000_001, "event")
 
     def times(span: tuple[int, int], *ats: int) -> list[str]:
-        lines = encode_json_lines([row(at) for at in ats], span).splitlines()
+        lines = encode_json_lines(Columns.of([row(at) for at in ats]), span).splitlines()
         return [json.loads(line)["timestamp"] for line in lines]
 
     ats = (-14_182_940_000_000, 1_781_956_800_123_456, 1_781_956_800_999_999, 10**17)
@@ -426,5 +426,5 @@ def test_times_travel_as_iso_strings_clamped_to_the_span() -> None:
         "2105-12-31T23:59:59.999999Z",
     ]
     assert times(DATETIME64_SPAN, -(10**17)) == ["1900-01-01T00:00:00.000000Z"]
-    line = json.loads(encode_json_lines([row(0)]))
+    line = json.loads(encode_json_lines(Columns.of([row(0)])))
     assert line["received_at"] == "2026-06-20T12:00:00.000001Z"

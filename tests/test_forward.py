@@ -48,7 +48,7 @@ from trubrics_ingestion.forward.forwarder import Backoff
 from trubrics_ingestion.forward.postgres import encode_copy, json_without_nul
 from trubrics_ingestion.schema import Source
 from trubrics_ingestion.store import read as store_events
-from trubrics_ingestion.store.expand import EventRow
+from trubrics_ingestion.store.expand import EventColumns, EventRow
 from trubrics_ingestion.store.sqlite import connect
 
 PROJECT = "demo"
@@ -316,11 +316,14 @@ def test_nul_becomes_replacement_in_postgres_and_unicode_survives(
 
 
 def test_json_without_nul_only_touches_real_nuls() -> None:
-    assert json_without_nul('{"a":"\\\\u0000"}') == '{"a":"\\\\u0000"}'  # escaped backslash
-    assert json_without_nul('{"a":"x\\u0000"}') == '{"a":"x\ufffd"}'
-    assert json_without_nul('{"a":1}') == '{"a":1}'
-    row = EventRow(str(uuid.uuid4()), "p", "u", "e", BASE_US, None, "{}", BASE_US, "event")
-    assert encode_copy([row]).startswith(b"PGCOPY\n\xff\r\n\x00")
+    assert json_without_nul(b'{"a":"\\\\u0000"}') == b'{"a":"\\\\u0000"}'  # escaped backslash
+    assert json_without_nul(b'{"a":"x\\u0000"}') == '{"a":"x\ufffd"}'.encode()
+    assert json_without_nul(b'{"a": 1}') == b'{"a": 1}'
+    clean = EventRow(str(uuid.uuid4()), "p", "u", "e", BASE_US, None, b"{}", BASE_US, "event")
+    nul = clean._replace(properties=b'{"a": "x\\u0000"}')
+    payload = encode_copy(EventColumns.of([clean, nul]))
+    assert payload.startswith(b"\x00\x09\x00\x00\x00\x10")  # 9 fields, then the uuid's 16 bytes
+    assert '{"a":"x\ufffd"}'.encode() in payload and b"\\u0000" not in payload
 
 
 # --- outages ---------------------------------------------------------------------------------

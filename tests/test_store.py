@@ -18,6 +18,7 @@ from trubrics_ingestion.store import sqlite as store
 
 EVENT = {"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z"}
 ROW = ("0190-id", "demo", "u", "e", 1, "t", "{}", 2, "event")
+READ = (*ROW[:6], b"{}", *ROW[7:])  # as readers give it: properties as UTF-8 JSON
 
 
 def _indexes(conn: sqlite3.Connection, table: str = "events") -> set[str]:
@@ -55,7 +56,7 @@ def test_a_v4_store_keeps_its_rows(tmp_path: Path) -> None:
     with sqlite3.connect(database) as old:
         assert {"events_by_thread", "events_by_time"} <= _indexes(old)
     conn = store.connect(database)
-    assert list(read.rows(conn)) == [ROW]
+    assert list(read.rows(conn)) == [READ]
     assert store.meta(conn, "node_id") == 7
 
 

@@ -53,22 +53,16 @@ def storable(moment: datetime | None, latency: float | None = None) -> bool:
     return True
 
 
-class EventFields(Struct, gc=False):
-    """An event's fields without the range check: how a stored batch, checked when it was
-    acknowledged, is read back by the thousand (``store.batches`` checks the range of the
-    whole batch at once, without a Python call per event).
+class Event(Struct, gc=False):
+    """One product analytics event, as posted to ``/publish_events``.
 
-    ``gc=False`` (inherited by ``Event``): decoded JSON holds no reference cycles, and the
-    cycle collector then never walks the thousands of these a forwarded batch holds."""
+    ``gc=False``: decoded JSON holds no reference cycles, so the cycle collector need
+    never walk the events of a batch."""
 
     user_id: NonEmptyStr
     event: NonEmptyStr
     timestamp: datetime
     properties: Properties | None = None
-
-
-class Event(EventFields):
-    """One product analytics event, as posted to ``/publish_events``."""
 
     def __post_init__(self) -> None:
         if not storable(self.timestamp):

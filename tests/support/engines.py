@@ -46,6 +46,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from trubrics_ingestion.forward import Row, Sink
+from trubrics_ingestion.forward.sink import Columns
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 CLICKHOUSE_SERVER = Path("/usr/sbin/clickhouse-server")
@@ -827,4 +828,4 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
 
 def send_rows(sink: Sink, rows: Sequence[Row]) -> None:
     """Encode and send ``rows`` through ``sink``, as the forwarder does with a batch."""
-    sink.send(sink.encode(rows), len(rows))
+    sink.send(sink.encode(Columns.of(rows)), len(rows))

@@ -221,7 +221,7 @@ def _events(
                     "user_id": row.user_id,
                     "thread_id": row.thread_id,
                     "source": row.source,
-                    "properties": row.properties[:MAX_TEXT_CHARS],
+                    "properties": row.properties.decode()[:MAX_TEXT_CHARS],
                 }
             ),
         )

@@ -41,6 +41,8 @@ prove who it is gets no password and no events.
 
 No JSONExtract in 18.16: ``properties`` is the compact JSON text as a String, which the
 ``visitParam*`` functions read on every version (``JSONExtract*`` too on current ones).
+The node keeps the text its client wrote; the whitespace ``visitParam*`` cannot skip is
+stripped here (escapes and number spellings are kept as written).
 """
 
 from __future__ import annotations
@@ -50,13 +52,15 @@ import http.client
 import re
 import ssl
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
+from functools import partial
+from typing import cast
 
 import msgspec
 
 from ..urls import SinkUrl
-from .sink import Row
+from .sink import Columns
 
 CONNECT_TIMEOUT_S = 10.0
 INSERT_TIMEOUT_S = 120.0
@@ -102,6 +106,8 @@ class _JsonRow(msgspec.Struct, gc=False):
 
 
 _encoder = msgspec.json.Encoder()
+# Properties come as their client wrote them; visitParam* needs no whitespace outside strings.
+_compact = cast(Callable[[bytes], bytes], partial(msgspec.json.format, indent=-1))
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
@@ -187,11 +193,11 @@ class ClickHouseSink:
             raise ClickHouseError(f"{self.name}: table events has no timestamp column")
         self._span = span_of(types["events"])
 
-    def encode(self, rows: Sequence[Row]) -> bytes:
-        """Rows as the table's time type can hold them: call ``migrate()`` first."""
+    def encode(self, events: Columns) -> bytes:
+        """Events as the table's time type can hold them: call ``migrate()`` first."""
         if self._span is None:
             raise RuntimeError(f"{self.name}: encode() before migrate()")
-        return encode_json_lines(rows, self._span)
+        return encode_json_lines(events, self._span)
 
     def send(self, payload: bytes, count: int) -> None:
         if count:
@@ -291,8 +297,8 @@ def _new_connection(url: SinkUrl) -> http.client.HTTPConnection:
     )
 
 
-def encode_json_lines(rows: Sequence[Row], span: tuple[int, int] = DATETIME64_SPAN) -> bytes:
-    """``JSONEachRow`` lines for ``rows``, times clamped to ``span`` (microseconds,
+def encode_json_lines(events: Columns, span: tuple[int, int] = DATETIME64_SPAN) -> bytes:
+    """``JSONEachRow`` lines for ``events``, times clamped to ``span`` (microseconds,
     inclusive) and written as ISO-8601 UTC with microseconds. Inline, with each second's
     text made once per batch (neighbouring events share it) and ``received_at`` formatted
     again only when it changes (a journal batch shares one): a function call per value
@@ -302,7 +308,9 @@ def encode_json_lines(rows: Sequence[Row], span: tuple[int, int] = DATETIME64_SP
     low, high = span
     seconds: dict[int, str] = {}  # "YYYY-MM-DDThh:mm:ss.%06dZ" by second since the epoch
     last_received, got_text = None, ""
-    for id_, project, user, event, timestamp, thread, props, received, source in rows:
+    for id_, project, user, event, timestamp, thread, props, received, source in zip(
+        *events, strict=True
+    ):
         at = low if timestamp < low else high if timestamp > high else timestamp
         second, micros = divmod(at, 1_000_000)
         at_text = (seconds.get(second) or _second_format(seconds, second)) % micros
@@ -311,7 +319,8 @@ def encode_json_lines(rows: Sequence[Row], span: tuple[int, int] = DATETIME64_SP
             got = low if received < low else high if received > high else received
             second, micros = divmod(got, 1_000_000)
             got_text = (seconds.get(second) or _second_format(seconds, second)) % micros
-        add(_JsonRow(id_, project, user, event, at_text, thread, props, got_text, source))
+        text = _compact(props).decode()
+        add(_JsonRow(id_, project, user, event, at_text, thread, text, got_text, source))
     return _encoder.encode_lines(lines)
 
 

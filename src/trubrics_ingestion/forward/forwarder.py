@@ -39,7 +39,7 @@ from . import cursors
 from .clickhouse import ClickHouseSink
 from .cursors import SinkStatus
 from .postgres import PostgresSink
-from .sink import Row, Sink
+from .sink import Columns, Sink
 
 log = logging.getLogger("trubrics_ingestion.forward")
 
@@ -48,6 +48,7 @@ BACKOFF_START_S = 0.5
 PARENT_CHECK_S = 0.5
 PRUNE_EVERY_MAX_S = 60.0  # a short retention is pruned more often: a tenth of it, from 1 s
 STOP_TIMEOUT_S = 10.0
+PAGE_BATCHES = 64  # narrow rows read at a time when choosing the next batches to send
 
 SinkFactory = Callable[[SinkUrl], Sink]
 
@@ -251,36 +252,39 @@ class SinkWorker:
         if not numbers:
             return None
         encode = self.lanes[0].encode
-        parts, rows, count = [], list[Row](), 0
-        for number in numbers:
-            rows += self._events_of(number)
-            if self.part_rows is not None and len(rows) >= self.part_rows:
-                parts.append(encode(rows))
-                count, rows = count + len(rows), []
-        if rows or not parts:
-            parts.append(encode(rows))
-            count += len(rows)
+        parts, events, count = [], Columns.empty(), 0
+        for stored in batches.read_range(self._reader, self._read_after, numbers[-1]):
+            events.extend(self._events_of(stored))
+            if self.part_rows is not None and events.size >= self.part_rows:
+                parts.append(encode(events))
+                count, events = count + events.size, Columns.empty()
+        if events.size or not parts:
+            parts.append(encode(events))
+            count += events.size
         self._read_after = numbers[-1]
         return Prepared(numbers[-1], count, parts[0] if len(parts) == 1 else b"".join(parts))
 
-    def _events_of(self, number: int) -> list[Row]:
-        """A stored batch's events (none if it was quarantined, here or by another
-        engine's worker)."""
+    def _events_of(self, stored: batches.Stored) -> Columns:
+        """A stored batch's events (none if it cannot be expanded: it is quarantined)."""
         try:
-            return batches.events_at(self._reader, number, self._node) or []
+            return batches.columns_of(stored, self._node)
         except batches.Unexpandable as exc:
             log.error("%s; quarantined", exc)
-            batches.quarantine(self._conn, number, str(exc))
-            return []
+            batches.quarantine(self._conn, stored.batch, str(exc))
+            return Columns.empty()
 
     def _next_batches(self, after: int) -> list[int]:
-        """The batches after ``after`` that make up about ``batch_rows`` events."""
+        """The batches after ``after`` that make up about ``batch_rows`` events, their
+        narrow rows read a page at a time (reading ``batch_rows`` of them, as many as the
+        events, cost a tenth of the forwarder's time)."""
         numbers, events = [], 0
-        for number, count in batches.after(self._reader, after, self.batch_rows):
-            numbers.append(number)
-            events += count
-            if events >= self.batch_rows:
-                break
+        while page := batches.after(self._reader, after, PAGE_BATCHES):
+            for number, count in page:
+                numbers.append(number)
+                events += count
+                if events >= self.batch_rows:
+                    return numbers
+            after = page[-1][0]
         return numbers
 
     def _drain(self) -> None:

@@ -16,12 +16,12 @@ lifts throughput from "Python time plus engine time" towards the larger of the t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Protocol
 
-from ..store.expand import EventRow
+from ..store.expand import EventColumns, EventRow
 
 Row = EventRow  # one event, as the forwarder expands it from a stored batch
+Columns = EventColumns  # events column by column, as sinks encode them
 
 
 class Sink(Protocol):
@@ -36,8 +36,9 @@ class Sink(Protocol):
         """Create or upgrade the engine's tables; safe to repeat, also from several nodes."""
         ...
 
-    def encode(self, rows: Sequence[Row]) -> bytes:
-        """The engine's wire form of ``rows``; no I/O, safe to call from another thread."""
+    def encode(self, events: Columns) -> bytes:
+        """The engine's wire form of ``events``; no I/O, safe to call from another thread.
+        The encodings of consecutive events concatenate."""
         ...
 
     def send(self, payload: bytes, count: int) -> None:

@@ -12,14 +12,22 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from functools import partial
-from itertools import repeat
-from typing import Any, NamedTuple, cast
+from typing import Annotated, Any, NamedTuple, cast
 
 import msgspec
+from msgspec import Meta, Raw, Struct
 
 from .. import segment
 from ..clock import EPOCH, MICROSECOND, to_micros
-from ..schema import TIME_RANGE_MSG, Event, EventFields, Item, LLMEvent, decode_batch
+from ..schema import (
+    MAX_BATCH_ITEMS,
+    TIME_RANGE_MSG,
+    Event,
+    Item,
+    LLMEvent,
+    NonEmptyStr,
+    decode_batch,
+)
 
 PROMPT_EVENT = "Prompt"
 GENERATION_EVENT = "Generation"
@@ -36,14 +44,56 @@ class EventRow(NamedTuple):
     event: str
     timestamp: int  # microseconds since the Unix epoch, UTC
     thread_id: str | None
-    properties: str  # a JSON object
+    properties: bytes  # a JSON object, UTF-8: as its client wrote it, or as we encoded it
     received_at: int  # microseconds since the Unix epoch, UTC
     source: str  # "event" or "llm"
 
 
 _new_row = partial(tuple.__new__, EventRow)  # EventRow(*fields) without its Python __new__
+
+
+class EventColumns(NamedTuple):
+    """Events column by column, each column a list of one length: how forwarders take a
+    stored batch's events, as the engines' encoders work column by column (making a tuple
+    of every event only to take it apart again cost as much as the encoding)."""
+
+    id: list[str]
+    project: list[str]
+    user_id: list[str]
+    event: list[str]
+    timestamp: list[int]
+    thread_id: list[str | None]
+    properties: list[bytes]
+    received_at: list[int]
+    source: list[str]
+
+    @classmethod
+    def of(cls, rows: Iterable[EventRow]) -> EventColumns:
+        """The columns of ``rows``."""
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        return cls(*columns) if columns else cls.empty()
+
+    @classmethod
+    def empty(cls) -> EventColumns:
+        return cls(*([] for _ in cls._fields))
+
+    @property
+    def size(self) -> int:
+        """How many events (``len`` is the number of columns)."""
+        return len(self.id)
+
+    def rows(self) -> list[EventRow]:
+        """The events one by one."""
+        return list(map(_new_row, zip(*self, strict=True)))
+
+    def extend(self, other: EventColumns) -> None:
+        """Append ``other``'s events."""
+        for mine, theirs in zip(self, other, strict=True):
+            mine += theirs  # type: ignore[operator]
+
+
 _NAIVE_EPOCH = EPOCH.replace(tzinfo=None)
-_NO_PROPERTIES: dict[str, Any] = {}  # shared, only ever read
+_NULL, _EMPTY = b"null", b"{}"
 # What schema.storable allows: every event within years 1 to 9999 once in UTC.
 _FIRST_US = to_micros(datetime(1, 1, 1, tzinfo=UTC))
 _LAST_US = to_micros(datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC))
@@ -125,35 +175,66 @@ def expand(
             yield from _llm_rows(item, project, received_at, new_id(), new_id())
 
 
+class StoredEvent(Struct, gc=False):
+    """A plain event of a stored batch, as readers and forwarders decode it: validated
+    when it was acknowledged (``expand_events`` checks the time range ``Event`` checks),
+    and its properties left as the JSON text its client wrote. Decoding them into objects
+    and encoding them again cost more than the rest of the event; the engines parse the
+    text themselves (``forward/``), and exports decode it.
+
+    ``gc=False``: decoded JSON holds no reference cycles, and the cycle collector then
+    never walks the thousands of these a forwarded batch holds."""
+
+    user_id: NonEmptyStr
+    event: NonEmptyStr
+    timestamp: datetime
+    properties: Raw = Raw(_NULL)
+
+
+class _Thread(Struct, gc=False, rename={"value": THREAD_KEY}):
+    value: Any = None
+
+
+class _ThreadOf(Struct, gc=False):
+    """Only an event's ``$thread_id``: decoding a batch into these skips everything else."""
+
+    properties: _Thread | None = None
+
+
+_stored_events = msgspec.json.Decoder(
+    Annotated[list[StoredEvent], Meta(max_length=MAX_BATCH_ITEMS)]
+)
+_threads = msgspec.json.Decoder(list[_ThreadOf])
+
+
 def expand_events(
-    items: Sequence[EventFields], *, project: str, received_at: int, ids: Sequence[str]
-) -> list[EventRow]:
-    """The rows ``expand`` makes of a batch of plain events (``ids`` handed out in order),
-    column by column: readers and forwarders expand every stored batch, and a few
-    function calls per event cost as much as decoding and encoding it. Checks the time
-    range ``Event`` checks on decoding (``EventFields`` does not)."""
-    properties = [item.properties or _NO_PROPERTIES for item in items]
+    body: bytes, *, project: str, received_at: int, ids: Callable[[int], list[str]]
+) -> EventColumns:
+    """The events ``expand`` makes of a stored batch of plain events (``ids(count)``: the
+    batch's ids, in order), made column by column: readers and forwarders expand every
+    stored batch, and a few function calls per event cost as much as decoding and
+    encoding it. The body is decoded twice, each time in one call: for its events with
+    their properties' text, and for nothing but their ``$thread_id``."""
+    items = _stored_events.decode(body)
     at = _micros([item.timestamp for item in items])
     if at and (min(at) < _FIRST_US or max(at) > _LAST_US):
         raise ValueError(TIME_RANGE_MSG)
-    threads = [
-        value
-        if (value := document.get(THREAD_KEY)) is None or type(value) is str
-        else _thread_text(value)
-        for document in properties
-    ]
-    columns = (
-        ids,
-        repeat(project),
+    properties = list(map(bytes, [item.properties for item in items]))
+    if _NULL in properties:  # ``"properties": null``
+        properties = [_EMPTY if text == _NULL else text for text in properties]
+    found = [None if of.properties is None else of.properties.value for of in _threads.decode(body)]
+    count = len(items)
+    return EventColumns(
+        ids(count),
+        [project] * count,
         [item.user_id for item in items],
         [item.event for item in items],
         at,
-        threads,
-        map(bytes.decode, map(_encode, properties)),
-        repeat(received_at),
-        repeat("event"),
+        [value if value is None or type(value) is str else _thread_text(value) for value in found],
+        properties,
+        [received_at] * count,
+        ["event"] * count,
     )
-    return list(map(_new_row, zip(*columns, strict=False)))
 
 
 def _micros(moments: list[datetime]) -> list[int]:
@@ -219,7 +300,7 @@ def make_row(
     received_at: int,
     source: str,
 ) -> EventRow:
-    encoded = _encode(properties).decode()
+    encoded = _encode(properties)
     thread_id = _thread_id(properties)
     return EventRow(event_id, project, user_id, name, at, thread_id, encoded, received_at, source)
 
