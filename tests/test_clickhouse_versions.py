@@ -404,6 +404,21 @@ def test_the_time_type_follows_the_server_version() -> None:
     assert "Distributed(`c`, `db`, events_local, cityHash64(id))" in new[2]
 
 
+def test_properties_travel_as_visit_param_reads_them() -> None:
+    """Readers keep the properties' JSON text as the client wrote it. ``visitParam*``
+    cannot skip whitespace between tokens (the Python SDK's ``json.dumps`` puts a space
+    after every ``:`` and ``,``) nor find a name written with escapes (``json.dumps``
+    escapes every non-ASCII character): ClickHouse gets the text without either."""
+    spaced = b'{"model" : "gpt-4o",\n "tags": [ 1, 2 ], "text": "a  b, c: d", "n": 1.50}'
+    escaped = b'{"caf\\u00e9": "cr\\u00e8me", "q": "say \\"hi\\""}'
+    rows = [Row("id", "p", "u", "e", 0, None, text, 0, "event") for text in (spaced, escaped)]
+    lines = encode_json_lines(Columns.of(rows)).splitlines()
+    assert [json.loads(line)["properties"] for line in lines] == [
+        '{"model":"gpt-4o","tags":[1,2],"text":"a  b, c: d","n":1.50}',
+        '{"café":"crème","q":"say \\"hi\\""}',
+    ]
+
+
 def test_times_travel_as_iso_strings_clamped_to_the_span() -> None:
     def row(at: int) -> Row:
         return Row("id", "p", "u", "e", at, None, b"{}", 1_781_956_800_000_001, "event")

@@ -41,8 +41,10 @@ prove who it is gets no password and no events.
 
 No JSONExtract in 18.16: ``properties`` is the compact JSON text as a String, which the
 ``visitParam*`` functions read on every version (``JSONExtract*`` too on current ones).
-The node keeps the text its client wrote; the whitespace ``visitParam*`` cannot skip is
-stripped here (escapes and number spellings are kept as written).
+Both sets also assume field names written without escapes. The node keeps the text its
+client wrote (``store/expand.py``): here the whitespace between its tokens is stripped,
+and a text holding any escape (the Python SDK's ``json.dumps`` writes every non-ASCII
+character as one) is decoded and encoded again, which writes names and strings plainly.
 """
 
 from __future__ import annotations
@@ -106,8 +108,9 @@ class _JsonRow(msgspec.Struct, gc=False):
 
 
 _encoder = msgspec.json.Encoder()
-# Properties come as their client wrote them; visitParam* needs no whitespace outside strings.
+# The properties' text as visitParam* reads it (see the module's docstring).
 _compact = cast(Callable[[bytes], bytes], partial(msgspec.json.format, indent=-1))
+_decode = msgspec.json.Decoder().decode
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
@@ -319,7 +322,7 @@ def encode_json_lines(events: Columns, span: tuple[int, int] = DATETIME64_SPAN) 
             got = low if received < low else high if received > high else received
             second, micros = divmod(got, 1_000_000)
             got_text = (seconds.get(second) or _second_format(seconds, second)) % micros
-        text = _compact(props).decode()
+        text = (_compact(props) if b"\\" not in props else _encoder.encode(_decode(props))).decode()
         add(_JsonRow(id_, project, user, event, at_text, thread, text, got_text, source))
     return _encoder.encode_lines(lines)
 
