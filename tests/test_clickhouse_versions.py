@@ -43,6 +43,8 @@ from trubrics_ingestion.forward.clickhouse import (
 )
 from trubrics_ingestion.forward.sink import Columns, Row
 from trubrics_ingestion.schema import Source
+from trubrics_ingestion.store import batches
+from trubrics_ingestion.store.codec import LZ4, pack
 from trubrics_ingestion.store.read import rows as rows_of
 from trubrics_ingestion.store.sqlite import connect
 
@@ -408,15 +410,24 @@ def test_properties_travel_as_visit_param_reads_them() -> None:
     """Readers keep the properties' JSON text as the client wrote it. ``visitParam*``
     cannot skip whitespace between tokens (the Python SDK's ``json.dumps`` puts a space
     after every ``:`` and ``,``) nor find a name written with escapes (``json.dumps``
-    escapes every non-ASCII character): ClickHouse gets the text without either."""
-    spaced = b'{"model" : "gpt-4o",\n "tags": [ 1, 2 ], "text": "a  b, c: d", "n": 1.50}'
-    escaped = b'{"caf\\u00e9": "cr\\u00e8me", "q": "say \\"hi\\""}'
-    rows = [Row("id", "p", "u", "e", 0, None, text, 0, "event") for text in (spaced, escaped)]
-    lines = encode_json_lines(Columns.of(rows)).splitlines()
+    escapes every non-ASCII character): ClickHouse gets the text without either, read as
+    its forwarder reads it (``compact_json``); PostgreSQL's jsonb gets it as written."""
+    spaced = '{"model" : "gpt-4o",\n "tags": [ 1, 2 ], "text": "a  b, c: d", "n": 1.50}'
+    escaped = '{"caf\\u00e9": "cr\\u00e8me", "q": "say \\"hi\\""}'
+    event = '{"user_id": "u", "event": "e", "timestamp": "2026-06-20T12:00:00Z", "properties": '
+    body = f"[{event}{spaced}}}, {event}{escaped}}}]".encode()
+    stored = batches.Stored(1, "p", "event", 1_781_956_800_000_000, pack(body), LZ4)
+    url = parse_sink_url("clickhouse://127.0.0.1:1/db")
+    compact = open_sink(url).compact_json
+    events = batches.columns_of(stored, node=3, compact=compact)
+    lines = encode_json_lines(events).splitlines()
     assert [json.loads(line)["properties"] for line in lines] == [
         '{"model":"gpt-4o","tags":[1,2],"text":"a  b, c: d","n":1.50}',
         '{"café":"crème","q":"say \\"hi\\""}',
     ]
+    as_written = batches.columns_of(stored, node=3).properties
+    assert as_written == [spaced.encode(), escaped.encode()]
+    assert not open_sink(parse_sink_url("postgresql://u@127.0.0.1:1/db")).compact_json
 
 
 def test_times_travel_as_iso_strings_clamped_to_the_span() -> None:

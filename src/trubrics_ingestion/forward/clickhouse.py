@@ -42,9 +42,10 @@ prove who it is gets no password and no events.
 No JSONExtract in 18.16: ``properties`` is the compact JSON text as a String, which the
 ``visitParam*`` functions read on every version (``JSONExtract*`` too on current ones).
 Both sets also assume field names written without escapes. The node keeps the text its
-client wrote (``store/expand.py``): here the whitespace between its tokens is stripped,
-and a text holding any escape (the Python SDK's ``json.dumps`` writes every non-ASCII
-character as one) is decoded and encoded again, which writes names and strings plainly.
+client wrote (``store/expand.py``): this sink asks for it without whitespace between its
+tokens (``compact_json``), and a text holding any escape (the Python SDK's
+``json.dumps`` writes every non-ASCII character as one) is decoded and encoded again,
+which writes names and strings plainly.
 """
 
 from __future__ import annotations
@@ -54,10 +55,8 @@ import http.client
 import re
 import ssl
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timedelta
-from functools import partial
-from typing import cast
 
 import msgspec
 
@@ -108,8 +107,6 @@ class _JsonRow(msgspec.Struct, gc=False):
 
 
 _encoder = msgspec.json.Encoder()
-# The properties' text as visitParam* reads it (see the module's docstring).
-_compact = cast(Callable[[bytes], bytes], partial(msgspec.json.format, indent=-1))
 _decode = msgspec.json.Decoder().decode
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
@@ -180,6 +177,10 @@ class ClickHouseSink:
     @property
     def name(self) -> str:
         return self._url.display
+
+    @property
+    def compact_json(self) -> bool:
+        return True  # see the module's docstring
 
     def migrate(self) -> None:
         """Create the database and tables unless they exist (IF NOT EXISTS, ON CLUSTER when
@@ -305,7 +306,8 @@ def encode_json_lines(events: Columns, span: tuple[int, int] = DATETIME64_SPAN) 
     inclusive) and written as ISO-8601 UTC with microseconds. Inline, with each second's
     text made once per batch (neighbouring events share it) and ``received_at`` formatted
     again only when it changes (a journal batch shares one): a function call per value
-    would cost more than the rest of the row."""
+    would cost more than the rest of the row. The properties as ``compact_json`` asks
+    for them."""
     lines: list[_JsonRow] = []
     add = lines.append
     low, high = span
@@ -322,7 +324,7 @@ def encode_json_lines(events: Columns, span: tuple[int, int] = DATETIME64_SPAN) 
             got = low if received < low else high if received > high else received
             second, micros = divmod(got, 1_000_000)
             got_text = (seconds.get(second) or _second_format(seconds, second)) % micros
-        text = (_compact(props) if b"\\" not in props else _encoder.encode(_decode(props))).decode()
+        text = (props if b"\\" not in props else _encoder.encode(_decode(props))).decode()
         add(_JsonRow(id_, project, user, event, at_text, thread, text, got_text, source))
     return _encoder.encode_lines(lines)
 

@@ -179,6 +179,7 @@ class SinkWorker:
         self._conn = _open_store(database)  # cursor reads and writes
         self._reader = _open_store(database)  # batch reads
         self._node = batches.node_id(self._conn)  # a part of every event id
+        self._compact = self.lanes[0].compact_json
         self._writers = ThreadPoolExecutor(len(self.lanes), thread_name_prefix=f"send {url.id}")
         self._idle = list(self.lanes)
         self._in_flight: deque[InFlight] = deque()
@@ -267,7 +268,7 @@ class SinkWorker:
     def _events_of(self, stored: batches.Stored) -> Columns:
         """A stored batch's events (none if it cannot be expanded: it is quarantined)."""
         try:
-            return batches.columns_of(stored, self._node)
+            return batches.columns_of(stored, self._node, compact=self._compact)
         except batches.Unexpandable as exc:
             log.error("%s; quarantined", exc)
             batches.quarantine(self._conn, stored.batch, str(exc))

@@ -111,6 +111,10 @@ class PostgresSink:
     def name(self) -> str:
         return self._url.display
 
+    @property
+    def compact_json(self) -> bool:
+        return False  # jsonb parses the text, whitespace and all
+
     def migrate(self) -> None:
         """Create or upgrade ``events`` (safe from many nodes at once, see ``pg.migrate``)."""
         pg.migrate(self._connection(), "events", MIGRATIONS)

@@ -32,6 +32,12 @@ class Sink(Protocol):
         """The engine's URL without its password, for logs and status."""
         ...
 
+    @property
+    def compact_json(self) -> bool:
+        """Whether ``encode`` needs the properties' JSON text without whitespace between
+        tokens (``batches.columns_of(compact=True)``)."""
+        ...
+
     def migrate(self) -> None:
         """Create or upgrade the engine's tables; safe to repeat, also from several nodes."""
         ...

@@ -63,12 +63,13 @@ def events_of(stored: Stored, node: int) -> list[EventRow]:
     return columns_of(stored, node).rows()
 
 
-def columns_of(stored: Stored, node: int) -> EventColumns:
-    """``events_of``, column by column (what forwarders encode)."""
+def columns_of(stored: Stored, node: int, *, compact: bool = False) -> EventColumns:
+    """``events_of``, column by column (what forwarders encode); ``compact``: properties
+    without whitespace between tokens (``expand_events``)."""
     try:
         if stored.source == "event":
             with contextlib.suppress(ValueError):  # msgspec's errors included
-                return _plain_events(stored, node)
+                return _plain_events(stored, node, compact)
         return EventColumns.of(_rows(stored, node))
     except Exception as exc:
         raise Unexpandable(f"batch {stored.batch}: {type(exc).__name__}: {exc}") from exc
@@ -82,12 +83,16 @@ def _rows(stored: Stored, node: int) -> list[EventRow]:
     return _events(stored, node)  # an error is named as the request's decoder names it
 
 
-def _plain_events(stored: Stored, node: int) -> EventColumns:
+def _plain_events(stored: Stored, node: int, compact: bool) -> EventColumns:
     """The fast way, for the common batch: plain events that read back as they were
     acknowledged (``expand_events``)."""
     ids = partial(batch_ids, stored.received_at // 1000, stored.batch, node)
     return expand_events(
-        stored.body, project=stored.project, received_at=stored.received_at, ids=ids
+        stored.body,
+        project=stored.project,
+        received_at=stored.received_at,
+        ids=ids,
+        compact=compact,
     )
 
 

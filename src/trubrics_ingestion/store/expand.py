@@ -205,17 +205,25 @@ _stored_events = msgspec.json.Decoder(
     Annotated[list[StoredEvent], Meta(max_length=MAX_BATCH_ITEMS)]
 )
 _threads = msgspec.json.Decoder(list[_ThreadOf])
+_compact = cast(Callable[[bytes], bytes], partial(msgspec.json.format, indent=-1))
 
 
 def expand_events(
-    body: bytes, *, project: str, received_at: int, ids: Callable[[int], list[str]]
+    body: bytes,
+    *,
+    project: str,
+    received_at: int,
+    ids: Callable[[int], list[str]],
+    compact: bool = False,
 ) -> EventColumns:
     """The events ``expand`` makes of a stored batch of plain events (``ids(count)``: the
     batch's ids, in order), made column by column: readers and forwarders expand every
     stored batch, and a few function calls per event cost as much as decoding and
     encoding it. The body is decoded twice, each time in one call: for its events with
-    their properties' text, and for nothing but their ``$thread_id``."""
-    items = _stored_events.decode(body)
+    their properties' text, and for nothing but their ``$thread_id``. ``compact``: the
+    properties' text without whitespace between tokens, stripped from the whole body at
+    once (a third cheaper than from each event's)."""
+    items = _stored_events.decode(_compact(body) if compact else body)
     at = _micros([item.timestamp for item in items])
     if at and (min(at) < _FIRST_US or max(at) > _LAST_US):
         raise ValueError(TIME_RANGE_MSG)
