@@ -43,9 +43,8 @@ No JSONExtract in 18.16: ``properties`` is the compact JSON text as a String, wh
 ``visitParam*`` functions read on every version (``JSONExtract*`` too on current ones).
 Both sets also assume field names written without escapes. The node keeps the text its
 client wrote (``store/expand.py``): this sink asks for it without whitespace between its
-tokens (``compact_json``), and a text holding any escape (the Python SDK's
-``json.dumps`` writes every non-ASCII character as one) is decoded and encoded again,
-which writes names and strings plainly.
+tokens and without optional escapes (``compact_json``; the Python SDK's ``json.dumps``
+escapes every non-ASCII character).
 """
 
 from __future__ import annotations
@@ -107,7 +106,6 @@ class _JsonRow(msgspec.Struct, gc=False):
 
 
 _encoder = msgspec.json.Encoder()
-_decode = msgspec.json.Decoder().decode
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
@@ -324,8 +322,7 @@ def encode_json_lines(events: Columns, span: tuple[int, int] = DATETIME64_SPAN) 
             got = low if received < low else high if received > high else received
             second, micros = divmod(got, 1_000_000)
             got_text = (seconds.get(second) or _second_format(seconds, second)) % micros
-        text = (props if b"\\" not in props else _encoder.encode(_decode(props))).decode()
-        add(_JsonRow(id_, project, user, event, at_text, thread, text, got_text, source))
+        add(_JsonRow(id_, project, user, event, at_text, thread, props.decode(), got_text, source))
     return _encoder.encode_lines(lines)
 
 

@@ -34,8 +34,8 @@ class Sink(Protocol):
 
     @property
     def compact_json(self) -> bool:
-        """Whether ``encode`` needs the properties' JSON text without whitespace between
-        tokens (``batches.columns_of(compact=True)``)."""
+        """Whether ``encode`` needs the properties' JSON text written plainly, without
+        whitespace between tokens or optional escapes (``batches.columns_of(compact=True)``)."""
         ...
 
     def migrate(self) -> None:

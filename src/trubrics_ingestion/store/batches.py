@@ -65,7 +65,8 @@ def events_of(stored: Stored, node: int) -> list[EventRow]:
 
 def columns_of(stored: Stored, node: int, *, compact: bool = False) -> EventColumns:
     """``events_of``, column by column (what forwarders encode); ``compact``: properties
-    without whitespace between tokens (``expand_events``)."""
+    written plainly, without whitespace between tokens or optional escapes (plain events'
+    are so made by ``expand_events``, the others' are encoded so)."""
     try:
         if stored.source == "event":
             with contextlib.suppress(ValueError):  # msgspec's errors included
