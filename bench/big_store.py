@@ -50,9 +50,8 @@ import node
 
 sys.path.insert(0, str(node.ROOT / "tests"))  # for support.store
 
-from support.store import Batch
 from trubrics_ingestion.schema import decode_batch
-from trubrics_ingestion.store.journal import insert
+from trubrics_ingestion.store.journal import Batch, insert
 from trubrics_ingestion.store.sqlite import SCHEMA_VERSION, connect, transaction
 
 EVENTS = 30_000_000
@@ -110,7 +109,7 @@ def batch(template: bytes, at_us: int) -> Batch:
     """A batch as the server journals it: the validated body and what it decoded to."""
     stamp = datetime.fromtimestamp(at_us / 1e6, tz=UTC).isoformat(timespec="microseconds")
     body = template.replace(_PLACEHOLDER.encode(), stamp.encode())
-    return Batch("bench", "event", at_us + 50_000, body, decode_batch(body, "event"))
+    return Batch.of("bench", "event", at_us + 50_000, body, decode_batch(body, "event"))
 
 
 def build(database: Path, layout: Layout, indices: range) -> float:

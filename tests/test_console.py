@@ -209,10 +209,9 @@ def test_the_thread_api_reads_from_clickhouse_when_the_node_forwards_there(
 def test_the_chart_sums_the_last_hour_of_received_batches_per_minute(tmp_path: Path) -> None:
     """``per_minute`` finds the hour's first batch by a binary search over batch numbers
     (gaps left by pruning included) and sums the narrow rows from there."""
-    from support.store import Batch
     from trubrics_ingestion.schema import decode_batch
     from trubrics_ingestion.store import batches
-    from trubrics_ingestion.store.journal import insert
+    from trubrics_ingestion.store.journal import Batch, insert
     from trubrics_ingestion.store.sqlite import connect, transaction
 
     conn = connect(tmp_path / "trubrics.db")
@@ -223,7 +222,7 @@ def test_the_chart_sums_the_last_hour_of_received_batches_per_minute(tmp_path: P
     received += [now - 60_000_000 + n for n in range(40)]
     with transaction(conn):
         insert(
-            conn, [Batch("p", "event", at, body, decode_batch(body, "event")) for at in received]
+            conn, [Batch.of("p", "event", at, body, decode_batch(body, "event")) for at in received]
         )
         batches.delete(conn, [3, 10, 11, 12])  # a pruned stretch
     first = batches.first_received(conn, now - hour)

@@ -421,6 +421,7 @@ def test_a_batch_refused_after_a_disk_error_is_stored_when_retried(tmp_path: Pat
     SDKs send it, must then be stored, not waved through as an already-stored duplicate."""
     from trubrics_ingestion.errors import StorageUnavailable
     from trubrics_ingestion.schema import decode_batch
+    from trubrics_ingestion.store.expand import span
     from trubrics_ingestion.store.journal import Entry, Journal
     from trubrics_ingestion.store.sqlite import connect
 
@@ -437,7 +438,7 @@ def test_a_batch_refused_after_a_disk_error_is_stored_when_retried(tmp_path: Pat
             source="event",
             received_at=1_780_000_000_000_000,
             body=body,
-            items=decode_batch(body, "event"),
+            span=span(decode_batch(body, "event"), "event", 1_780_000_000_000_000),
             idempotency_key=None,
             future=future,
             loop=loop,

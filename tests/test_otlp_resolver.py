@@ -15,10 +15,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from support import otlp
 from trubrics_ingestion.otlp import wire
 from trubrics_ingestion.otlp.records import encode
-from trubrics_ingestion.otlp.resolver import Resolved, Resolver
+from trubrics_ingestion.otlp.resolver import Resolver
 from trubrics_ingestion.store import read, sqlite
 from trubrics_ingestion.store.genai import EXPORT
-from trubrics_ingestion.store.journal import insert
+from trubrics_ingestion.store.journal import Batch, insert
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 ROOT, APP, CALL, CALL2 = (
@@ -50,7 +50,7 @@ def journal(conn: sqlite3.Connection, request: Message, at: int = T0, project: s
     signal = wire.TRACES if isinstance(request, ExportTraceServiceRequest) else wire.LOGS
     decoded = wire.decode(signal, wire.PROTOBUF, request.SerializeToString())
     with sqlite.transaction(conn):
-        insert(conn, [Resolved(project, EXPORT, at, encode(decoded.export), ())])
+        insert(conn, [Batch.of(project, EXPORT, at, encode(decoded.export), ())])
 
 
 def events(conn: sqlite3.Connection) -> list[dict[str, Any]]:

@@ -7,20 +7,12 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from trubrics_ingestion.schema import Item, Source, decode_batch
+from trubrics_ingestion.schema import Source, decode_batch
 from trubrics_ingestion.store.codec import LZ4, pack
-from trubrics_ingestion.store.journal import insert
+from trubrics_ingestion.store.journal import Batch, insert
 from trubrics_ingestion.store.sqlite import transaction
-
-
-class Batch(NamedTuple):
-    project: str
-    source: str
-    received_at: int
-    body: bytes
-    items: Sequence[Item]
 
 
 def journal(
@@ -33,7 +25,7 @@ def journal(
     with transaction(conn):
         insert(
             conn,
-            [Batch(p, s, now, body, decode_batch(body, s)) for p, s, body in encoded],
+            [Batch.of(p, s, now, body, decode_batch(body, s)) for p, s, body in encoded],
         )
 
 

@@ -43,7 +43,7 @@ from ..config import DEFAULTS
 from ..schema import MAX_BATCH_ITEMS, Item
 from ..store import batches
 from ..store.genai import CALLS, EXPORT, RESOLVED_THROUGH, GenAICall, resolved_through
-from ..store.journal import insert
+from ..store.journal import Batch, insert
 from ..store.sqlite import connect, transaction
 from . import conventions
 from .counts import OtlpCounts
@@ -102,17 +102,6 @@ class Plan:
     logs: list[tuple[object, ...]] = field(default_factory=list)  # rows of otlp_logs
     calls: dict[str, list[GenAICall]] = field(default_factory=lambda: defaultdict(list))
     by: dict[str, int] = field(default_factory=lambda: {"root": 0, "window": 0})
-
-
-@dataclass(frozen=True, slots=True)
-class Resolved:
-    """A batch of resolved calls, as ``store.journal.insert`` takes it."""
-
-    project: str
-    source: str
-    received_at: int
-    body: bytes
-    items: Sequence[Item]
 
 
 class Resolver:
@@ -399,10 +388,10 @@ def _identity(links: dict[str, Link], waiting: Waiting, trace: str) -> tuple[str
     return user, thread or call.resource_thread
 
 
-def _batches(calls: dict[str, list[GenAICall]], now: int) -> Iterator[Resolved]:
+def _batches(calls: dict[str, list[GenAICall]], now: int) -> Iterator[Batch]:
     """Stored batches of at most ``MAX_BATCH_ITEMS`` calls, one project each. The narrow
     row's span reads a call's timestamp and latency as it reads an LLM event's."""
     for project, resolved in calls.items():
         for start in range(0, len(resolved), MAX_BATCH_ITEMS):
             chunk = resolved[start : start + MAX_BATCH_ITEMS]
-            yield Resolved(project, CALLS, now, encode(chunk), cast(Sequence[Item], chunk))
+            yield Batch.of(project, CALLS, now, encode(chunk), cast(Sequence[Item], chunk))

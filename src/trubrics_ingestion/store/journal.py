@@ -21,14 +21,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ..config import DEFAULTS
 from ..errors import IdempotencyConflict, StorageUnavailable
 from ..schema import Item
 from .codec import LZ4, pack
 from .dedup import RecentBatches, Verdict, fingerprint
-from .expand import span
+from .expand import Span, span
 from .sqlite import connect, transaction
 
 log = logging.getLogger("trubrics_ingestion.journal")
@@ -42,7 +42,7 @@ class Entry:
     source: str
     received_at: int
     body: bytes
-    items: Sequence[Item]
+    span: Span
     idempotency_key: str | None
     future: asyncio.Future[bool]
     loop: asyncio.AbstractEventLoop
@@ -113,7 +113,7 @@ class Journal:
         self._thread = threading.Thread(target=self._run, args=(conn,), name="journal", daemon=True)
         self._thread.start()
 
-    async def append(
+    def append(
         self,
         project: str,
         source: str,
@@ -122,20 +122,25 @@ class Journal:
         idempotency_key: str | None = None,
         *,
         items: Sequence[Item],
-    ) -> bool:
-        """True once the batch is durably committed, False if it repeats one that was.
-        ``items`` are what ``body`` decoded to (the narrow row's counts and times).
+    ) -> asyncio.Future[bool]:
+        """Queue the batch; the future is True once it is durably committed, False if it
+        repeats one that was. ``items`` are what ``body`` decoded to: only their span (the
+        narrow row's counts and times) is kept, so that the caller can let them go while
+        the commit is awaited (held by dozens of requests at once, they cost every later
+        allocation a cache miss).
 
-        Raises ``StorageUnavailable`` if it could not be stored, ``IdempotencyConflict``
-        if its ``Idempotency-Key`` was used for another body.
+        Raises (at once, or from the future) ``StorageUnavailable`` if it could not be
+        stored, ``IdempotencyConflict`` if its ``Idempotency-Key`` was used for another body.
         """
         if self._closed:
             raise StorageUnavailable("The server is shutting down; nothing was stored.")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
-        entry = Entry(project, source, received_at, body, items, idempotency_key, future, loop)
-        self._queue.put(entry)
-        return await future
+        extent = span(items, source, received_at)
+        self._queue.put(
+            Entry(project, source, received_at, body, extent, idempotency_key, future, loop)
+        )
+        return future
 
     def ready(self) -> bool:
         """True while batches can be committed: the writer runs and its last commit worked.
@@ -283,7 +288,7 @@ class Journal:
 
 
 class NewBatch(Protocol):
-    """A validated batch to store: what ``insert`` needs of an ``Entry``."""
+    """A validated batch to store: what ``insert`` needs of an ``Entry`` or a ``Batch``."""
 
     @property
     def project(self) -> str: ...
@@ -294,7 +299,24 @@ class NewBatch(Protocol):
     @property
     def body(self) -> bytes: ...
     @property
-    def items(self) -> Sequence[Item]: ...
+    def span(self) -> Span: ...
+
+
+class Batch(NamedTuple):
+    """A validated batch for ``insert``, from writers other than the journal's thread."""
+
+    project: str
+    source: str
+    received_at: int
+    body: bytes
+    span: Span
+
+    @classmethod
+    def of(
+        cls, project: str, source: str, received_at: int, body: bytes, items: Sequence[Item]
+    ) -> Batch:
+        """The batch ``body``, which decoded to ``items``."""
+        return cls(project, source, received_at, body, span(items, source, received_at))
 
 
 def _next_batch(conn: sqlite3.Connection) -> int:
@@ -322,7 +344,7 @@ def insert(
                 e.project,
                 e.source,
                 e.received_at,
-                *span(e.items, e.source, e.received_at),
+                *e.span,
                 digest,
             )
             for n, e, digest in zip(numbers, entries, digests or [None] * len(entries), strict=True)
