@@ -425,7 +425,7 @@ def test_properties_travel_as_visit_param_reads_them() -> None:
         '{"model":"gpt-4o","tags":[1,2],"text":"a  b, c: d","n":1.50}',
         '{"café":"crème","q":"say \\"hi\\""}',
     ]
-    as_written = batches.columns_of(stored, node=3).properties
+    as_written = list(map(bytes, batches.columns_of(stored, node=3).properties))
     assert as_written == [spaced.encode(), escaped.encode()]
     assert not open_sink(parse_sink_url("postgresql://u@127.0.0.1:1/db")).compact_json
 

@@ -322,7 +322,11 @@ def encode_json_lines(events: Columns, span: tuple[int, int] = DATETIME64_SPAN) 
             got = low if received < low else high if received > high else received
             second, micros = divmod(got, 1_000_000)
             got_text = (seconds.get(second) or _second_format(seconds, second)) % micros
-        add(_JsonRow(id_, project, user, event, at_text, thread, props.decode(), got_text, source))
+        add(
+            _JsonRow(
+                id_, project, user, event, at_text, thread, str(props, "utf-8"), got_text, source
+            )
+        )
     return _encoder.encode_lines(lines)
 
 

@@ -181,7 +181,8 @@ def encode_copy(events: Columns) -> bytes:
     payload = _tuples(events)
     if _ESCAPED_NUL not in payload:
         return payload
-    return _tuples(events._replace(properties=list(map(json_without_nul, events.properties))))
+    documents = map(json_without_nul, map(bytes, events.properties))
+    return _tuples(events._replace(properties=list(documents)))
 
 
 def _tuples(events: Columns) -> bytes:

@@ -36,6 +36,9 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 
 
+JsonText = bytes | Raw  # a JSON text, UTF-8; a Raw is a slice of a stored body, not copied
+
+
 class EventRow(NamedTuple):
     """One event as readers and forwarders see it (and as the engines' tables hold it)."""
 
@@ -64,7 +67,7 @@ class EventColumns(NamedTuple):
     event: list[str]
     timestamp: list[int]
     thread_id: list[str | None]
-    properties: list[bytes]
+    properties: list[JsonText]
     received_at: list[int]
     source: list[str]
 
@@ -84,8 +87,9 @@ class EventColumns(NamedTuple):
         return len(self.id)
 
     def rows(self) -> list[EventRow]:
-        """The events one by one."""
-        return list(map(_new_row, zip(*self, strict=True)))
+        """The events one by one (each with its properties' text as ``bytes``)."""
+        plain = self._replace(properties=list(map(bytes, self.properties)))
+        return list(map(_new_row, zip(*plain, strict=True)))
 
     def extend(self, other: EventColumns) -> None:
         """Append ``other``'s events."""
@@ -95,6 +99,7 @@ class EventColumns(NamedTuple):
 
 _NAIVE_EPOCH = EPOCH.replace(tzinfo=None)
 _NULL, _EMPTY = b"null", b"{}"
+_RAW_NULL = Raw(_NULL)
 # What schema.storable allows: every event within years 1 to 9999 once in UTC.
 _FIRST_US = to_micros(datetime(1, 1, 1, tzinfo=UTC))
 _LAST_US = to_micros(datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC))
@@ -228,11 +233,11 @@ def expand_events(
     at = _micros([item.timestamp for item in items])
     if at and (min(at) < _FIRST_US or max(at) > _LAST_US):
         raise ValueError(TIME_RANGE_MSG)
-    properties = list(map(bytes, [item.properties for item in items]))
-    if _NULL in properties:  # ``"properties": null``
-        properties = [_EMPTY if document == _NULL else document for document in properties]
-    if compact:
-        properties = _plainly(properties)
+    properties: list[JsonText] = [item.properties for item in items]
+    if _RAW_NULL in properties:  # ``"properties": null``
+        properties = [_EMPTY if document == _RAW_NULL else document for document in properties]
+    if compact and b"\\" in text:
+        properties = _plainly(list(map(bytes, properties)))
     found = [None if of.properties is None else of.properties.value for of in _threads.decode(text)]
     count = len(items)
     return EventColumns(
