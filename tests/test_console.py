@@ -3,6 +3,7 @@ its live stream costs ingestion (nothing measurable, even when a reader stalls).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
@@ -19,6 +20,9 @@ from support.browser import console_token
 from support.engines import ClickHouseCluster, EngineError
 from support.node import Node
 from support.waiting import wait_until
+from trubrics_ingestion.console.live import Filters, LiveFeed
+from trubrics_ingestion.ingest.app import Exchange
+from trubrics_ingestion.schema import decode_batch
 
 STALLED_READERS = 3
 ROUNDS = 150  # publish requests timed per phase
@@ -272,3 +276,29 @@ def test_the_overview_chart_counts_every_nodes_events_from_the_engine(
     }
     assert counted == {("here", "event"): 3, ("there", "event"): 2}, overview["minutes"]
     assert overview["minutes_from"].startswith("every node's events")
+
+
+def test_the_live_feed_keeps_of_a_queued_batch_only_what_viewers_will_see() -> None:
+    """While a batch's commit is awaited, its request keeps only the items the viewers
+    will be shown: whole items for at most the feed's events a second, taken when it is
+    queued; the rest of its events are counted as skipped once it is answered."""
+    call = {"user_id": "u", "prompt": "p", "generation": "g", "timestamp": "2026-06-20T12:00:00Z"}
+    llm = decode_batch(json.dumps([call] * 100).encode(), "llm")  # 200 events
+    feed = LiveFeed(events_per_s=150)
+    viewer = feed.watch(Filters())
+    first, second = feed.reserve(llm, 200), feed.reserve(llm, 200)
+    assert (len(first[0]), first[1]) == (75, 150)  # 75 calls: their 150 events
+    assert (list(second[0]), second[1]) == ([], 0)  # the budget is spent for this second
+    answered = []
+    for kept, granted in (first, second):
+        exchange = Exchange("POST", "/publish_llm_events", "/publish_llm_events", "publish")
+        exchange.status, exchange.project, exchange.events = 200, "p", 200
+        exchange.stored = ("llm", kept, 1_781_956_800_000_000, granted)
+        answered.append(exchange)
+    feed.answered(answered)
+    message = asyncio.run(viewer.next(timeout_s=1.0))
+    assert message is not None and message.startswith(b"data: ")
+    shown = json.loads(message[len(b"data: ") :])
+    assert shown["skipped"] == 50 + 200
+    assert len(shown["entries"]) == 150
+    assert {entry["event"] for entry in shown["entries"]} == {"Prompt", "Generation"}

@@ -52,8 +52,9 @@ class Answered(Protocol):
     @property
     def path(self) -> str: ...
     @property
-    def stored(self) -> tuple[str, Sequence[Item], int] | None:
-        """An acknowledged batch: its source, decoded items and receive time."""
+    def stored(self) -> tuple[str, Sequence[Item], int, int] | None:
+        """An acknowledged batch: its source, the items ``LiveFeed.reserve`` kept, its
+        receive time, and the events granted (those of the items kept)."""
         ...
 
     @property
@@ -172,6 +173,16 @@ class LiveFeed:
     def leave(self, viewer: Viewer) -> None:
         self.viewers.discard(viewer)
 
+    def reserve(self, items: Sequence[Item], events: int) -> tuple[Sequence[Item], int]:
+        """What the viewers will be shown of a batch as it is queued for its commit (the
+        budget is taken then, not once it is answered): the first whole items for the
+        events granted (usually none at high rates; an LLM item makes two events), and how
+        many events were granted. The request keeps only those while its commit is
+        awaited, not thousands of objects that would slow every allocation after them."""
+        granted = self._budget.take(events)
+        per_item = max(1, events // len(items))
+        return items[: -(-granted // per_item)], granted
+
     def answered(self, exchanges: Sequence[Answered]) -> None:
         """One turn's answered requests, to every viewer (on the event loop's thread)."""
         skipped: dict[str | None, int] = {}  # events over the budget, by project
@@ -191,18 +202,15 @@ class LiveFeed:
                 yield _refusal(exchange)
             elif stored is not None and exchange.events:
                 project, events = exchange.project or "", exchange.events
-                granted = self._budget.take(events)
+                _, kept, received_at, granted = stored
                 if granted < events:
                     skipped[project] = skipped.get(project, 0) + events - granted
                 if granted:
-                    yield from _events(project, *stored[1:], events, granted)
+                    yield from _events(project, kept, received_at)
 
 
-def _events(
-    project: str, items: Sequence[Item], received_at: int, events: int, granted: int
-) -> Iterator[Entry]:
-    """The first ``granted`` of the batch's events (whole items: an LLM one makes two)."""
-    kept = items[: -(-granted // (events // len(items)))]  # whole items: LLM ones are 2
+def _events(project: str, kept: Sequence[Item], received_at: int) -> Iterator[Entry]:
+    """The events of the items kept for the viewers."""
     received = format_time(received_at)
     for row in expand(kept, project=project, received_at=received_at, new_id=str):
         yield Entry(

@@ -186,6 +186,11 @@ class Watchers(Protocol):
     def answered(self, exchanges: Sequence[Exchange]) -> None:
         """One loop turn's answered requests (on the loop's thread; must not block)."""
 
+    def reserve(self, items: Sequence[Item], events: int) -> tuple[Sequence[Item], int]:
+        """The first of a queued batch's items that the viewers will be shown, and how
+        many events they make (usually none at high rates): all the request keeps."""
+        ...
+
 
 class Exchange:
     """What one request came to: filled in by the routing, read once it is answered."""
@@ -219,7 +224,9 @@ class Exchange:
         self.body_bytes: int | None = None
         self.reason: str | None = None  # why a publish request was refused
         self.detail: Any = None  # and what the client was told
-        self.stored: tuple[str, Sequence[Item], int] | None = None  # the batch acknowledged
+        # The batch acknowledged, for console viewers: source, items kept, received_at and
+        # the events of those items granted to the viewers.
+        self.stored: tuple[str, Sequence[Item], int, int] | None = None
         self.seconds = 0.0  # from the head to the end of the answer
         self.answered_at = 0.0  # Unix time
 
@@ -426,22 +433,24 @@ class IngestionApp:
         queued = self._queue(project, source, headers, body, received_at)
         if queued is None:
             return 200, b'{"status":"success","events":0}', _JSON
-        committed, events, watched = queued
+        committed, events, shown = queued
         if not await committed:
             exchange.duplicate = True
             return 200, b'{"status":"success","events":%d,"duplicate":true}' % events, _JSON
         exchange.events = events
-        if watched is not None:
-            exchange.stored = (source, watched, received_at)
+        if shown is not None:
+            kept, granted = shown
+            exchange.stored = (source, kept, received_at, granted)
         return 200, b'{"status":"success","events":%d}' % events, _JSON
 
     def _queue(
         self, project: str, source: str, headers: dict[bytes, bytes], body: bytes, received_at: int
-    ) -> tuple[Awaitable[bool], int, Sequence[Item] | None] | None:
+    ) -> tuple[Awaitable[bool], int, tuple[Sequence[Item], int] | None] | None:
         """Decode the batch and queue it for the journal's next commit (None: it holds no
-        event): its commit, its event count, and its items only if a console viewer is
-        watching. Otherwise the items go when this returns, before the commit: dozens of
-        requests holding theirs until then would cost every later allocation a cache miss."""
+        event): its commit, its event count, and, while console viewers watch, what of it
+        they will be shown (``Watchers.reserve``). The rest of the items go when this
+        returns, before the commit: dozens of requests holding theirs until then would
+        cost every later allocation a cache miss."""
         if source in clients.DECODED:
             items = clients.decode(self._limits, body, source, received_at)
         else:
@@ -454,8 +463,10 @@ class IngestionApp:
         committed = self._journal.append(
             project, source, body, received_at, idempotency_key, items=items
         )
-        watched = items if self._live is not None and self._live.viewers else None
-        return committed, events, watched
+        shown = None
+        if self._live is not None and self._live.viewers:
+            shown = self._live.reserve(items, events)
+        return committed, events, shown
 
     async def _export(
         self, scope: Scope, receive: Receive, signal: str, exports: Exports, exchange: Exchange
