@@ -245,6 +245,11 @@ def test_every_accepted_item_can_be_stored_and_exported(
     b'{"user_id":"u","event":"e","timestamp":"2026-06-20T12:00:00+02:00",'
     b'"properties":{"$thread_id":true}}]'
 )
+@example(  # the name spelt with an escape, and a batch naming no thread at all
+    body=b'[{"user_id":"u","event":"e","timestamp":"2026-06-20T12:00:00Z",'
+    b'"properties":{"\\u0024thread_id":"t"}}]'
+)
+@example(body=b'[{"user_id":"u","event":"e","timestamp":"2026-06-20T12:00:00Z","properties":{}}]')
 def test_a_stored_batch_of_events_expands_as_its_decoded_items_do(body: bytes) -> None:
     """Readers expand stored plain events column by column (``expand_events``): the same
     rows as ``expand`` makes of what the request decoded to, and refused where it is. The

@@ -100,6 +100,7 @@ class EventColumns(NamedTuple):
 _NAIVE_EPOCH = EPOCH.replace(tzinfo=None)
 _NULL, _EMPTY = b"null", b"{}"
 _RAW_NULL = Raw(_NULL)
+_THREAD_NAME = f'"{THREAD_KEY}"'.encode()
 # What schema.storable allows: every event within years 1 to 9999 once in UTC.
 _FIRST_US = to_micros(datetime(1, 1, 1, tzinfo=UTC))
 _LAST_US = to_micros(datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC))
@@ -238,7 +239,6 @@ def expand_events(
         properties = [_EMPTY if document == _RAW_NULL else document for document in properties]
     if compact and b"\\" in text:
         properties = _plainly(list(map(bytes, properties)))
-    found = [None if of.properties is None else of.properties.value for of in _threads.decode(text)]
     count = len(items)
     return EventColumns(
         ids(count),
@@ -246,11 +246,20 @@ def expand_events(
         [item.user_id for item in items],
         [item.event for item in items],
         at,
-        [value if value is None or type(value) is str else _thread_text(value) for value in found],
+        _thread_ids(text, count),
         properties,
         [received_at] * count,
         ["event"] * count,
     )
+
+
+def _thread_ids(text: bytes, count: int) -> list[str | None]:
+    """Each event's ``$thread_id``, decoded only if the body may name one: the name
+    written plainly, or an escape (``\\u0024...`` spells it too) somewhere in the body."""
+    if _THREAD_NAME not in text and b"\\u" not in text:
+        return [None] * count
+    found = [None if of.properties is None else of.properties.value for of in _threads.decode(text)]
+    return [v if v is None or type(v) is str else _thread_text(v) for v in found]
 
 
 def _plainly(documents: list[bytes]) -> list[bytes]:
