@@ -250,6 +250,7 @@ def test_every_accepted_item_can_be_stored_and_exported(
     b'"properties":{"\\u0024thread_id":"t"}}]'
 )
 @example(body=b'[{"user_id":"u","event":"e","timestamp":"2026-06-20T12:00:00Z","properties":{}}]')
+@example(body=b'[{"user_id":"0","event":"0","timestamp":"2000-01-01T00:00:00","properties":""}]')
 def test_a_stored_batch_of_events_expands_as_its_decoded_items_do(body: bytes) -> None:
     """Readers expand stored plain events column by column (``expand_events``): the same
     rows as ``expand`` makes of what the request decoded to, and refused where it is. The

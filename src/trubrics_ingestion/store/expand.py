@@ -246,18 +246,23 @@ def expand_events(
         [item.user_id for item in items],
         [item.event for item in items],
         at,
-        _thread_ids(text, count),
+        _thread_ids(text, properties),
         properties,
         [received_at] * count,
         ["event"] * count,
     )
 
 
-def _thread_ids(text: bytes, count: int) -> list[str | None]:
+def _thread_ids(text: bytes, properties: list[JsonText]) -> list[str | None]:
     """Each event's ``$thread_id``, decoded only if the body may name one: the name
-    written plainly, or an escape (``\\u0024...`` spells it too) somewhere in the body."""
+    written plainly, or an escape (``\\u0024...`` spells it too) somewhere in the body.
+    That decode also refuses properties that are neither an object nor null, as the
+    request's did; without it, each one's text must begin as an object's or null's."""
     if _THREAD_NAME not in text and b"\\u" not in text:
-        return [None] * count
+        starts = b"\0" + b"\0".join(properties)  # no NUL in JSON text but these
+        if starts.count(b"\0{") + starts.count(b"\0n") != len(properties):
+            raise ValueError("properties: Expected `object | null`")
+        return [None] * len(properties)
     found = [None if of.properties is None else of.properties.value for of in _threads.decode(text)]
     return [v if v is None or type(v) is str else _thread_text(v) for v in found]
 
