@@ -438,19 +438,17 @@ class IngestionApp:
             exchange.duplicate = True
             return 200, b'{"status":"success","events":%d,"duplicate":true}' % events, _JSON
         exchange.events = events
-        if shown is not None:
-            kept, granted = shown
-            exchange.stored = (source, kept, received_at, granted)
+        exchange.stored = shown
         return 200, b'{"status":"success","events":%d}' % events, _JSON
 
     def _queue(
         self, project: str, source: str, headers: dict[bytes, bytes], body: bytes, received_at: int
-    ) -> tuple[Awaitable[bool], int, tuple[Sequence[Item], int] | None] | None:
+    ) -> tuple[Awaitable[bool], int, tuple[str, Sequence[Item], int, int] | None] | None:
         """Decode the batch and queue it for the journal's next commit (None: it holds no
         event): its commit, its event count, and, while console viewers watch, what of it
-        they will be shown (``Watchers.reserve``). The rest of the items go when this
-        returns, before the commit: dozens of requests holding theirs until then would
-        cost every later allocation a cache miss."""
+        they will be shown (``Watchers.reserve``), as ``Exchange.stored`` holds it. The rest
+        of the items go when this returns, before the commit: dozens of requests holding
+        theirs until then would cost every later allocation a cache miss."""
         if source in clients.DECODED:
             items = clients.decode(self._limits, body, source, received_at)
         else:
@@ -463,10 +461,10 @@ class IngestionApp:
         committed = self._journal.append(
             project, source, body, received_at, idempotency_key, items=items
         )
-        shown = None
-        if self._live is not None and self._live.viewers:
-            shown = self._live.reserve(items, events)
-        return committed, events, shown
+        if self._live is None or not self._live.viewers:
+            return committed, events, None
+        kept, granted = self._live.reserve(items, events)
+        return committed, events, (source, kept, received_at, granted)
 
     async def _export(
         self, scope: Scope, receive: Receive, signal: str, exports: Exports, exchange: Exchange
