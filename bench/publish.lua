@@ -9,8 +9,9 @@
 -- done() prints one line starting with "BENCH_RESULT " holding JSON, which run.py reads:
 -- counts are exact there (requests started, 200s, non-200s), latencies in microseconds.
 -- BENCH_DELAY_MS, if set, paces the load: each connection waits that many milliseconds
--- before each request (wrk's delay() hook), so C connections send at most C * 1000 /
--- BENCH_DELAY_MS requests/s (less by the response time): run.py's half-rate round.
+-- on average before each request (wrk's delay() hook), so C connections send at most
+-- C * 1000 / BENCH_DELAY_MS requests/s (less by the response time): run.py's half-rate
+-- round.
 
 local key = os.getenv("BENCH_API_KEY")
 if key == nil or key == "" then
@@ -109,10 +110,14 @@ wrk.body = batch(100)
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["x-api-key"] = key
 
+-- Each wait is drawn from an exponential distribution of mean BENCH_DELAY_MS, so the
+-- connections send independently of each other: together, a Poisson stream at the asked
+-- rate, as many independent clients make. Equal waits kept them in step instead: every
+-- connection sent at once, each period, which is a saturating burst, not a half load.
 local pace = tonumber(os.getenv("BENCH_DELAY_MS") or "")
 if pace then
    function delay()
-      return pace
+      return -math.log(1 - math.random()) * pace
    end
 end
 
@@ -124,6 +129,7 @@ function setup(thread)
 end
 
 function init(args)
+   math.randomseed(thread_id)
    started, ok, non200, statuses = 0, 0, 0, {}
    body_bytes = #wrk.body
    local at = wrk.body:find(MARKER, 1, true)
