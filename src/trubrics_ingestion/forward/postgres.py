@@ -174,15 +174,18 @@ def encode_copy(events: Columns) -> bytes:
 
     Written for speed, as the forwarder's CPU competes with the engine's on small machines:
     column by column, without running Python code per event (``_tuples``). NUL (see the
-    module's docstring): only if the tuples hold an escaped NUL anywhere (rare) are the
-    properties decoded, and the tuples built again."""
+    module's docstring): only if the properties hold an escaped NUL anywhere (rare) are
+    they decoded, and the tuples built again. Looked for in their joined text only if it
+    holds a backslash at all: a search for one byte is several times faster than for
+    six, and the other text fields had their NULs replaced as they were encoded."""
     if not events.size:
         return b""
     payload = _tuples(events)
-    if _ESCAPED_NUL not in payload:
+    documents = b"".join(events.properties)
+    if b"\\" not in documents or _ESCAPED_NUL not in documents:
         return payload
-    documents = map(json_without_nul, map(bytes, events.properties))
-    return _tuples(events._replace(properties=list(documents)))
+    without_nul = map(json_without_nul, map(bytes, events.properties))
+    return _tuples(events._replace(properties=list(without_nul)))
 
 
 def _tuples(events: Columns) -> bytes:
