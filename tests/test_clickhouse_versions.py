@@ -29,6 +29,7 @@ import pytest
 
 from support.engines import ClickHouseCluster, PostgresServer, send_rows
 from support.store import journal
+from trubrics_ingestion.clock import format_time
 from trubrics_ingestion.forward import open_sink, parse_sink_url
 from trubrics_ingestion.forward.clickhouse import (
     DATETIME64_SPAN,
@@ -359,6 +360,94 @@ def test_clickhouse_18_16_runs_the_readme_queries(
         " WHERE event IN ('moon landing', 'far future') ORDER BY timestamp"
     )
     assert out == "moon landing\t0000-00-00 00:00:00\nfar future\t2105-12-31 23:59:59\n"
+
+
+# --- times as clients write them ------------------------------------------------------------
+
+# A plain batch's times reach ClickHouse as decoded (offset kept, naive without one): each
+# must land where the node puts it. Beside them, parts that take the other path: a time
+# outside 18.16's DateTime (clamped), and naive and aware batches in one part.
+AWARE_TIMES = [
+    "2026-06-20T12:00:00.123456+05:30",
+    "2026-06-20T23:59:59.999999-08:00",  # the next day in UTC
+    "2026-06-20T12:00:00Z",  # no fraction
+    "2026-06-21T00:00:01.000001+00:00",
+]
+NAIVE_TIMES = ["2026-06-20T12:00:00.5", "2026-06-20T23:59:59"]  # UTC to the node
+OUT_OF_DATETIME = ["2026-06-20T12:00:00.25Z", "1969-07-20T20:17:40.5Z"]
+
+
+def plain_columns(times: list[str], batch: int) -> tuple[Columns, list[int]]:
+    """The columns the ClickHouse forwarder reads from a stored batch of plain events with
+    these times, and the node's own reading of them (microseconds)."""
+    items = [{"user_id": "u", "event": f"e{i}", "timestamp": at} for i, at in enumerate(times)]
+    body = json.dumps(items).encode()
+    stored = batches.Stored(batch, "p", "event", 1_781_956_800_000_000, pack(body), LZ4)
+    columns = batches.columns_of(stored, node=3, compact=True)
+    return columns, [row.timestamp for row in batches.events_of(stored, node=3)]
+
+
+def time_parts() -> list[tuple[Columns, list[int]]]:
+    """Four parts: aware times, naive times, a time beyond DateTime's span, and a naive
+    batch with an aware one. The first two travel as written (checked here)."""
+    aware, naive = plain_columns(AWARE_TIMES, 1), plain_columns(NAIVE_TIMES, 2)
+    lines = encode_json_lines(aware[0]).decode() + encode_json_lines(naive[0]).decode()
+    sent = [json.loads(line)["timestamp"] for line in lines.splitlines()]
+    assert sent == [
+        "2026-06-20T12:00:00.123456+05:30",
+        "2026-06-20T23:59:59.999999-08:00",
+        "2026-06-20T12:00:00Z",
+        "2026-06-21T00:00:01.000001Z",
+        "2026-06-20T12:00:00.500000",
+        "2026-06-20T23:59:59",
+    ]
+    mixed, mixed_at = plain_columns(NAIVE_TIMES, 4)
+    also, also_at = plain_columns(AWARE_TIMES, 5)
+    mixed.extend(also)
+    return [aware, naive, plain_columns(OUT_OF_DATETIME, 3), (mixed, mixed_at + also_at)]
+
+
+def expected_times(parts: list[tuple[Columns, list[int]]], span: tuple[int, int]) -> str:
+    """``id, timestamp`` lines as ClickHouse prints them: the node's time, clamped; whole
+    seconds for DateTime."""
+    low, high = span
+    lines = []
+    for columns, stamps in parts:
+        for id_, at in zip(columns.id, stamps, strict=True):
+            text = format_time(min(max(at, low), high)).replace("T", " ").removesuffix("Z")
+            text = text if span == DATETIME64_SPAN else text[:19]
+            lines.append(f"{id_}\t{'0000-00-00 00:00:00' if at < 0 == low else text}\n")
+    return "".join(sorted(lines))
+
+
+def test_clients_times_land_where_the_node_puts_them_on_both_lines(
+    chdb_session: Any, clickhouse: ClickHouseCluster
+) -> None:
+    parts = time_parts()
+    select = "SELECT id, timestamp FROM {}.events ORDER BY id"
+    version = server_version(chdb_query(chdb_session, "SELECT version()"))
+    for statement in ddl_statements("times", None, version):
+        chdb_session.query(statement)
+    settings = ", ".join(f"{name} = '{value}'" for name, value in insert_settings(None).items())
+    for columns, _ in parts:
+        payload = encode_json_lines(columns, DATETIME64_SPAN).decode()
+        insert = f"INSERT INTO times.events SETTINGS {settings} FORMAT JSONEachRow"
+        chdb_session.query(f"{insert}\n{payload}")
+    in_chdb = chdb_query(chdb_session, select.format("times"))
+    assert in_chdb == expected_times(parts, DATETIME64_SPAN)
+
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    port = clickhouse.nodes[0].http_port
+    sink = ClickHouseSink(
+        parse_sink_url(f"clickhouse://127.0.0.1:{port}/{name}?cluster={clickhouse.cluster}")
+    )
+    try:
+        sink.migrate()
+        for columns, _ in parts:
+            sink.send(sink.encode(columns), columns.size)
+    finally:
+        sink.close()
+    assert clickhouse.query(select.format(name)) == expected_times(parts, DATETIME_SPAN)
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ from trubrics_ingestion.forward.forwarder import Backoff
 from trubrics_ingestion.forward.postgres import encode_copy, json_without_nul
 from trubrics_ingestion.schema import Source
 from trubrics_ingestion.store import read as store_events
-from trubrics_ingestion.store.expand import EventColumns, EventRow
+from trubrics_ingestion.store.expand import EventColumns, EventRow, Moment, micros
 from trubrics_ingestion.store.sqlite import connect
 
 PROJECT = "demo"
@@ -324,6 +324,24 @@ def test_json_without_nul_only_touches_real_nuls() -> None:
     payload = encode_copy(EventColumns.of([clean, nul]))
     assert payload.startswith(b"\x00\x09\x00\x00\x00\x10")  # 9 fields, then the uuid's 16 bytes
     assert '{"a":"x\ufffd"}'.encode() in payload and b"\\u0000" not in payload
+
+
+def test_copy_takes_decoded_times_and_microseconds_alike() -> None:
+    """A part made of several stored batches may hold decoded times, naive and aware, and
+    microseconds (``EventColumns``): PostgreSQL gets the same microseconds either way."""
+    aware = datetime(2026, 6, 20, 12, 0, 0, 123_456, tzinfo=timezone(timedelta(hours=5)))
+    naive = datetime(2026, 6, 20, 12, 0, 0, 500_000)  # UTC
+    moments: list[Moment] = [BASE_US, aware, naive]
+    stamps = [BASE_US, BASE_US - 5 * 3600 * 10**6 + 123_456, BASE_US + 500_000]
+    assert micros(moments) == stamps
+    assert micros([aware, aware]) == stamps[1:2] * 2 and micros([naive]) == stamps[2:]
+    assert micros([]) == []
+    rows = [
+        EventRow(str(uuid.uuid4()), "p", "u", "e", at, None, b"{}", BASE_US, "event")
+        for at in stamps
+    ]
+    columns = EventColumns.of(rows)
+    assert encode_copy(columns._replace(timestamp=moments)) == encode_copy(columns)
 
 
 # --- outages ---------------------------------------------------------------------------------

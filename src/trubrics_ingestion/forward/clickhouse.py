@@ -27,13 +27,15 @@ up to 2105); 18.16 shows the lower bound, 0, as its "zero" DateTime ``0000-00-00
 which is how a pre-1970 time reads there. The node's store and PostgreSQL keep the exact
 value either way.
 
-One wire form for both column types: times travel as ISO-8601 UTC strings with
-microseconds (``"2026-06-20T12:00:00.123456Z"``) read with ``date_time_input_format=
-best_effort``, which 18.16 and current servers both accept; DateTime keeps the seconds,
-DateTime64 everything. (A number with a fraction, which DateTime64 takes, is an error for
-18.16's DateTime; whole seconds, which both take, would lose the microseconds.) Only the
-clamping bounds depend on the table, whose time type ``migrate()`` reads from
-``system.columns`` (so a server upgraded over 18.16's tables keeps getting what they hold).
+One wire form for both column types: times travel as ISO-8601 strings with microseconds
+(``"2026-06-20T12:00:00.123456Z"``, or with the offset the client wrote, or none for a
+naive time, which the UTC column takes as UTC, as the node does) read with
+``date_time_input_format=best_effort``, which 18.16 and current servers both accept;
+DateTime keeps the seconds, DateTime64 everything. (A number with a fraction, which
+DateTime64 takes, is an error for 18.16's DateTime; whole seconds, which both take, would
+lose the microseconds.) Only the clamping bounds depend on the table, whose time type
+``migrate()`` reads from ``system.columns`` (so a server upgraded over 18.16's tables
+keeps getting what they hold).
 
 TLS. ``clickhouses://`` (or ``?secure=1``) speaks HTTPS with the certificate and host name
 verified, against the system's CAs or only the URL's ``ca_cert``: a server that cannot
@@ -50,17 +52,20 @@ escapes every non-ASCII character).
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import re
 import ssl
 import urllib.parse
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from typing import cast
 
 import msgspec
 
+from ..clock import to_micros
 from ..urls import SinkUrl
-from .sink import Columns
+from .sink import Columns, Moment, micros
 
 CONNECT_TIMEOUT_S = 10.0
 INSERT_TIMEOUT_S = 120.0
@@ -98,7 +103,7 @@ class _JsonRow(msgspec.Struct, gc=False):
     project: str
     user_id: str
     event: str
-    timestamp: str  # ISO-8601 UTC with microseconds, clamped to the table's span
+    timestamp: datetime | str  # within the table's span (``_times``)
     thread_id: str | None
     properties: str
     received_at: str
@@ -301,33 +306,58 @@ def _new_connection(url: SinkUrl) -> http.client.HTTPConnection:
 
 def encode_json_lines(events: Columns, span: tuple[int, int] = DATETIME64_SPAN) -> bytes:
     """``JSONEachRow`` lines for ``events``, times clamped to ``span`` (microseconds,
-    inclusive) and written as ISO-8601 UTC with microseconds. Inline, with each second's
-    text made once per batch (neighbouring events share it) and ``received_at`` formatted
-    again only when it changes (a journal batch shares one): a function call per value
-    would cost more than the rest of the row. The properties as ``compact_json`` asks
-    for them."""
+    inclusive) and written as ISO-8601 (``_times``). Inline, with ``received_at``
+    formatted again only when it changes (a journal batch shares one): a function call
+    per value would cost more than the rest of the row. The properties as
+    ``compact_json`` asks for them."""
     lines: list[_JsonRow] = []
     add = lines.append
-    low, high = span
     seconds: dict[int, str] = {}  # "YYYY-MM-DDThh:mm:ss.%06dZ" by second since the epoch
     last_received, got_text = None, ""
-    for id_, project, user, event, timestamp, thread, props, received, source in zip(
-        *events, strict=True
+    for id_, project, user, event, at, thread, props, received, source in zip(
+        events.id,
+        events.project,
+        events.user_id,
+        events.event,
+        _times(events.timestamp, span, seconds),
+        events.thread_id,
+        events.properties,
+        events.received_at,
+        events.source,
+        strict=True,
     ):
-        at = low if timestamp < low else high if timestamp > high else timestamp
-        second, micros = divmod(at, 1_000_000)
-        at_text = (seconds.get(second) or _second_format(seconds, second)) % micros
         if received != last_received:
-            last_received = received
-            got = low if received < low else high if received > high else received
-            second, micros = divmod(got, 1_000_000)
-            got_text = (seconds.get(second) or _second_format(seconds, second)) % micros
-        add(
-            _JsonRow(
-                id_, project, user, event, at_text, thread, str(props, "utf-8"), got_text, source
-            )
-        )
+            last_received, (got_text,) = received, _iso_texts([received], span, seconds)
+        add(_JsonRow(id_, project, user, event, at, thread, str(props, "utf-8"), got_text, source))
     return _encoder.encode_lines(lines)
+
+
+def _times(
+    moments: list[Moment], span: tuple[int, int], seconds: dict[int, str]
+) -> list[datetime] | list[str]:
+    """The timestamps as msgspec is to write them: a plain batch's decoded datetimes as
+    they are, if all lie within ``span`` (msgspec writes them in C, with their UTC offset,
+    or none if naive, which the UTC column reads as UTC); else each as ISO-8601 UTC text
+    with microseconds, clamped (``_iso_texts``)."""
+    if moments and type(moments[0]) is datetime:
+        with contextlib.suppress(TypeError):  # microseconds among them, or naive and aware
+            first, last = min(moments), max(moments)
+            low, high = span
+            if low <= to_micros(cast(datetime, first)) and to_micros(cast(datetime, last)) <= high:
+                return cast(list[datetime], moments)
+    return _iso_texts(micros(moments), span, seconds)
+
+
+def _iso_texts(stamps: list[int], span: tuple[int, int], seconds: dict[int, str]) -> list[str]:
+    """Each time clamped to ``span`` and written as ISO-8601 UTC with microseconds, each
+    second's text made once (``seconds``: neighbouring events share it)."""
+    low, high = span
+    texts = []
+    for stamp in stamps:
+        at = low if stamp < low else high if stamp > high else stamp
+        second, fraction = divmod(at, 1_000_000)
+        texts.append((seconds.get(second) or _second_format(seconds, second)) % fraction)
+    return texts
 
 
 def _second_format(cache: dict[int, str], second: int) -> str:

@@ -36,7 +36,7 @@ from psycopg import errors
 
 from .. import pg
 from ..urls import SinkUrl
-from .sink import Columns
+from .sink import Columns, micros
 
 STATEMENT_TIMEOUT_MS = 120_000  # a batch that takes longer is retried (idempotently)
 # Bumped when MIGRATIONS grows; the row lives in trubrics_schema(component='events').
@@ -199,7 +199,7 @@ def _tuples(events: Columns) -> bytes:
     fields = (
         starts_and_ids,
         map(texts.__getitem__, zip(projects, users, names, strict=True)),
-        map(_TIMESTAMP, repeat(8), map(sub, stamps, repeat(_PG_EPOCH_US))),
+        map(_TIMESTAMP, repeat(8), map(sub, micros(stamps), repeat(_PG_EPOCH_US))),
         map(_Fields(_text).__getitem__, threads),
         map(_Fields(_jsonb_head).__getitem__, map(len, documents)),
         documents,

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ..store.expand import EventColumns, EventRow
+from ..store.expand import EventColumns, EventRow, Moment, micros
 
 Row = EventRow  # one event, as the forwarder expands it from a stored batch
 Columns = EventColumns  # events column by column, as sinks encode them
+__all__ = ["Columns", "Moment", "Row", "Sink", "micros"]  # micros: a timestamp column in µs
 
 
 class Sink(Protocol):

@@ -9,6 +9,7 @@ top-level ``thread_id`` that SDK 1.8 sends.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from functools import partial
@@ -37,6 +38,8 @@ _decode = msgspec.json.Decoder().decode
 
 
 JsonText = bytes | Raw  # a JSON text, UTF-8; a Raw is a slice of a stored body, not copied
+# A time: microseconds since the Unix epoch in UTC, or a decoded datetime (naive: UTC).
+Moment = int | datetime
 
 
 class EventRow(NamedTuple):
@@ -59,13 +62,18 @@ _new_row = partial(tuple.__new__, EventRow)  # EventRow(*fields) without its Pyt
 class EventColumns(NamedTuple):
     """Events column by column, each column a list of one length: how forwarders take a
     stored batch's events, as the engines' encoders work column by column (making a tuple
-    of every event only to take it apart again cost as much as the encoding)."""
+    of every event only to take it apart again cost as much as the encoding).
+
+    A plain batch's ``timestamp`` column holds the datetimes its decoder made, the others'
+    hold microseconds: an encoder that writes times as text has msgspec write the
+    datetimes (in C), which costs less than computing their microseconds, and one that
+    needs microseconds gets them from ``micros``."""
 
     id: list[str]
     project: list[str]
     user_id: list[str]
     event: list[str]
-    timestamp: list[int]
+    timestamp: list[Moment]
     thread_id: list[str | None]
     properties: list[JsonText]
     received_at: list[int]
@@ -87,8 +95,10 @@ class EventColumns(NamedTuple):
         return len(self.id)
 
     def rows(self) -> list[EventRow]:
-        """The events one by one (each with its properties' text as ``bytes``)."""
-        plain = self._replace(properties=list(map(bytes, self.properties)))
+        """The events one by one (each with its time in microseconds and its properties'
+        text as ``bytes``)."""
+        at = cast(list[Moment], micros(self.timestamp))
+        plain = self._replace(timestamp=at, properties=list(map(bytes, self.properties)))
         return list(map(_new_row, zip(*plain, strict=True)))
 
     def extend(self, other: EventColumns) -> None:
@@ -231,9 +241,11 @@ def expand_events(
     properties' text written plainly (``_plainly``)."""
     text = _compact(body) if compact else body
     items = _stored_events.decode(text)
-    at = _micros([item.timestamp for item in items])
-    if at and (min(at) < _FIRST_US or max(at) > _LAST_US):
-        raise ValueError(TIME_RANGE_MSG)
+    moments = [item.timestamp for item in items]
+    if moments:
+        first, last = _extremes(moments)
+        if first < _FIRST_US or last > _LAST_US:
+            raise ValueError(TIME_RANGE_MSG)
     properties: list[JsonText] = [item.properties for item in items]
     if _RAW_NULL in properties:  # ``"properties": null``
         properties = [_EMPTY if document == _RAW_NULL else document for document in properties]
@@ -245,7 +257,7 @@ def expand_events(
         [project] * count,
         [item.user_id for item in items],
         [item.event for item in items],
-        at,
+        cast(list[Moment], moments),
         _thread_ids(text, properties),
         properties,
         [received_at] * count,
@@ -275,14 +287,19 @@ def _plainly(documents: list[bytes]) -> list[bytes]:
     return [text if b"\\" not in text else _encode(_decode(text)) for text in documents]
 
 
-def _micros(moments: list[datetime]) -> list[int]:
-    """``to_micros`` of each moment, without a call each: a batch is all aware or all
-    naive (one client wrote it), tried as its first moment is."""
-    epoch = EPOCH if moments and moments[0].tzinfo is not None else _NAIVE_EPOCH
-    try:
-        return [(moment - epoch) // MICROSECOND for moment in moments]
-    except TypeError:  # naive and aware together
-        return list(map(to_micros, moments))
+def micros(moments: list[Moment]) -> list[int]:
+    """Each moment in microseconds since the epoch (``to_micros``), without a call each:
+    the common column is all aware or all naive datetimes (one client wrote it), tried as
+    its first one is; or all microseconds already."""
+    kinds = set(map(type, moments))
+    if kinds <= {int}:
+        return cast(list[int], moments)
+    if kinds == {datetime}:
+        first = cast(datetime, moments[0])
+        epoch = EPOCH if first.tzinfo is not None else _NAIVE_EPOCH
+        with contextlib.suppress(TypeError):  # naive and aware together
+            return [(moment - epoch) // MICROSECOND for moment in moments]  # type: ignore[operator]
+    return [at if type(at) is int else to_micros(cast(datetime, at)) for at in moments]
 
 
 def _event_row(item: Event, project: str, received_at: int, event_id: str) -> EventRow:
