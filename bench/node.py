@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -236,6 +237,38 @@ def run_wrk(server: Server, seconds: int, wrk: Wrk, delay_ms: int | None = None)
             sys.stderr.write(done.stderr)  # publish.lua shouts about non-200s there
             return Load(**json.loads(line[len(RESULT_PREFIX) :]))
     raise RuntimeError(f"wrk gave no result (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+
+
+@contextmanager
+def fsync_probe(directory: Path, every_s: float = 0.01) -> Iterator[list[float]]:
+    """The disk's own fsync latency while the block runs: a thread rewrites 4 KB of a file
+    in ``directory`` and fsyncs it every ``every_s``; yields the list its latencies
+    (seconds) are added to. A request that a journal acknowledges after its fsync cannot
+    return sooner than the disk allows, so a latency tail with a matching stall here is the
+    disk's (on this VM's ext4, for one, deleting a large store stalls fsyncs for 0.1-0.4 s)."""
+    latencies: list[float] = []
+    stop = threading.Event()
+    path = directory / "fsync-probe"
+
+    def probe() -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while not stop.wait(every_s):
+                started = time.perf_counter()
+                os.pwrite(fd, b"\0" * 4096, 0)
+                os.fsync(fd)
+                latencies.append(time.perf_counter() - started)
+        finally:
+            os.close(fd)
+            path.unlink()
+
+    thread = threading.Thread(target=probe, name="fsync-probe")
+    thread.start()
+    try:
+        yield latencies
+    finally:
+        stop.set()
+        thread.join()
 
 
 def tree_pids(pid: int) -> list[int]:
