@@ -421,8 +421,7 @@ def test_a_batch_refused_after_a_disk_error_is_stored_when_retried(tmp_path: Pat
     SDKs send it, must then be stored, not waved through as an already-stored duplicate."""
     from trubrics_ingestion.errors import StorageUnavailable
     from trubrics_ingestion.schema import decode_batch
-    from trubrics_ingestion.store.expand import span
-    from trubrics_ingestion.store.journal import Entry, Journal
+    from trubrics_ingestion.store.journal import Batch, Entry, Journal
     from trubrics_ingestion.store.sqlite import connect
 
     database = tmp_path / "trubrics.db"
@@ -433,16 +432,8 @@ def test_a_batch_refused_after_a_disk_error_is_stored_when_retried(tmp_path: Pat
     async def attempt(connection: Any) -> bool | Exception:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
-        entry = Entry(
-            project="p",
-            source="event",
-            received_at=1_780_000_000_000_000,
-            body=body,
-            span=span(decode_batch(body, "event"), "event", 1_780_000_000_000_000),
-            idempotency_key=None,
-            future=future,
-            loop=loop,
-        )
+        batch = Batch.of("p", "event", 1_780_000_000_000_000, body, decode_batch(body, "event"))
+        entry = Entry(batch, idempotency_key=None, future=future, loop=loop)
         journal._commit(connection, [entry])
         try:
             return await asyncio.wait_for(future, TIMEOUT_S)

@@ -36,13 +36,9 @@ log = logging.getLogger("trubrics_ingestion.journal")
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One validated batch waiting for its commit."""
+    """One validated batch waiting for its commit, and who waits for it."""
 
-    project: str
-    source: str
-    received_at: int
-    body: bytes
-    span: Span
+    batch: Batch
     idempotency_key: str | None
     future: asyncio.Future[bool]
     loop: asyncio.AbstractEventLoop
@@ -136,10 +132,8 @@ class Journal:
             raise StorageUnavailable("The server is shutting down; nothing was stored.")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
-        extent = span(items, source, received_at)
-        self._queue.put(
-            Entry(project, source, received_at, body, extent, idempotency_key, future, loop)
-        )
+        batch = Batch.of(project, source, received_at, body, items)
+        self._queue.put(Entry(batch, idempotency_key, future, loop))
         return future
 
     def ready(self) -> bool:
@@ -209,7 +203,7 @@ class Journal:
             self._metrics.commit_failed()
             self._recent.forget(remembered)
             self._failing = True
-            written = sum(len(entry.body) for entry in entries)
+            written = sum(len(entry.batch.body) for entry in entries)
             self._needed_bytes = 2 * written + PROBE_MARGIN_BYTES  # WAL, then checkpoint
             outcomes = [StorageUnavailable()] * len(entries)
         else:
@@ -225,15 +219,15 @@ class Journal:
         commit); the verdict of each."""
         first = _next_batch(conn)
         pending: dict[int, tuple[str, bytes]] = {}  # this commit's new batches, by number
-        new: list[Entry] = []
+        new: list[Batch] = []
         digests: list[bytes | None] = []
         verdicts = []
         for entry in entries:
             number = first + len(pending)
             verdict, digest = self._admit(conn, entry, number, pending)
             if verdict is Verdict.NEW:
-                pending[number] = (entry.source, entry.body)
-                new.append(entry)
+                pending[number] = (entry.batch.source, entry.batch.body)
+                new.append(entry.batch)
                 digests.append(digest)
                 if digest is not None:
                     remembered.append(digest)
@@ -272,10 +266,10 @@ class Journal:
         dedup is off)."""
         if not self._recent.enabled:
             return Verdict.NEW, None
-        key = entry.idempotency_key
-        digest = fingerprint(entry.project, entry.source, entry.body, key)
+        batch, key = entry.batch, entry.idempotency_key
+        digest = fingerprint(batch.project, batch.source, batch.body, key)
         keyed = key is not None
-        verdict = self._recent.check(conn, digest, entry.source, entry.body, pending, keyed=keyed)
+        verdict = self._recent.check(conn, digest, batch.source, batch.body, pending, keyed=keyed)
         if verdict is Verdict.NEW and self._recent.remember(digest, number):
             self._metrics.dedup_evicted()
         return verdict, digest
@@ -287,23 +281,8 @@ class Journal:
             self._pruned_at = now
 
 
-class NewBatch(Protocol):
-    """A validated batch to store: what ``insert`` needs of an ``Entry`` or a ``Batch``."""
-
-    @property
-    def project(self) -> str: ...
-    @property
-    def source(self) -> str: ...
-    @property
-    def received_at(self) -> int: ...
-    @property
-    def body(self) -> bytes: ...
-    @property
-    def span(self) -> Span: ...
-
-
 class Batch(NamedTuple):
-    """A validated batch for ``insert``, from writers other than the journal's thread."""
+    """A validated batch to store (``insert``): the journal's, or another writer's."""
 
     project: str
     source: str
@@ -326,7 +305,7 @@ def _next_batch(conn: sqlite3.Connection) -> int:
 
 def insert(
     conn: sqlite3.Connection,
-    entries: Sequence[NewBatch],
+    entries: Sequence[Batch],
     first: int | None = None,
     digests: Sequence[bytes | None] | None = None,
 ) -> None:
