@@ -327,7 +327,8 @@ def encode_json_lines(events: Columns, span: tuple[int, int] = DATETIME64_SPAN) 
         strict=True,
     ):
         if received != last_received:
-            last_received, (got_text,) = received, _iso_texts([received], span, seconds)
+            last_received = received
+            got_text = _iso_texts([received], span, seconds)[0]
         add(_JsonRow(id_, project, user, event, at, thread, str(props, "utf-8"), got_text, source))
     return _encoder.encode_lines(lines)
 

@@ -54,6 +54,9 @@ T = TypeVar("T")
 
 Headers = Sequence[tuple[bytes, bytes]]
 Reply = tuple[int, bytes, Headers]
+# What console viewers get of an acknowledged batch (``Exchange.stored``): its source, the
+# items ``Watchers.reserve`` kept, its receive time, and the events of those items granted.
+Shown = tuple[str, Sequence[Item], int, int]
 
 PREFIX = "/api/ingestion"  # the hosted service's path; both host styles work
 ENDPOINTS = (  # every route, as labelled in metrics
@@ -224,9 +227,7 @@ class Exchange:
         self.body_bytes: int | None = None
         self.reason: str | None = None  # why a publish request was refused
         self.detail: Any = None  # and what the client was told
-        # The batch acknowledged, for console viewers: source, items kept, received_at and
-        # the events of those items granted to the viewers.
-        self.stored: tuple[str, Sequence[Item], int, int] | None = None
+        self.stored: Shown | None = None  # the batch acknowledged, for console viewers
         self.seconds = 0.0  # from the head to the end of the answer
         self.answered_at = 0.0  # Unix time
 
@@ -443,7 +444,7 @@ class IngestionApp:
 
     def _queue(
         self, project: str, source: str, headers: dict[bytes, bytes], body: bytes, received_at: int
-    ) -> tuple[Awaitable[bool], int, tuple[str, Sequence[Item], int, int] | None] | None:
+    ) -> tuple[Awaitable[bool], int, Shown | None] | None:
         """Decode the batch and queue it for the journal's next commit (None: it holds no
         event): its commit, its event count, and, while console viewers watch, what of it
         they will be shown (``Watchers.reserve``), as ``Exchange.stored`` holds it. The rest
